@@ -1,0 +1,1 @@
+"""Command line. Only this layer prints and exits (STYLE.md, convention 8)."""
