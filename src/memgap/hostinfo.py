@@ -1,0 +1,75 @@
+"""Facts about the machine a run happened on, recorded with every run (STYLE.md, 6)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from memgap import __version__
+
+
+def cpu_model(proc_root: Path = Path("/proc")) -> str | None:
+    try:
+        for line in (proc_root / "cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "CPU part"):
+                return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def host_facts(proc_root: Path = Path("/proc")) -> dict[str, Any]:
+    from memgap.collect.cgroup import memory_cgroup_of
+    from memgap.collect.meminfo import read_meminfo
+
+    uname = os.uname()
+    try:
+        mem_total = read_meminfo(proc_root).total_bytes
+    except Exception:  # noqa: BLE001 - a fact we cannot read is None
+        mem_total = None
+    try:
+        cg = memory_cgroup_of("self", proc_root)
+    except Exception:  # noqa: BLE001
+        cg = None
+    return {
+        "hostname": uname.nodename,
+        "kernel": uname.release,
+        "arch": uname.machine,
+        "os": _os_release(),
+        "cpu_model": cpu_model(proc_root),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_total_bytes": mem_total,
+        "cgroup_version": cg.version if cg else None,
+        "memgap_cgroup": cg.relpath if cg else None,
+        "gpus": _gpus(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "memgap_version": __version__,
+    }
+
+
+def _os_release() -> str | None:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.partition("=")[2].strip().strip('"')
+    except OSError:
+        return None
+    return None
+
+
+def _gpus() -> Any:
+    from memgap.collect.nvml import NvmlUnavailable, read_gpus
+
+    try:
+        r = read_gpus()
+    except Exception as e:  # noqa: BLE001 - never fail a run over a GPU fact
+        return {"unavailable": str(e)}
+    if isinstance(r, NvmlUnavailable):
+        return {"unavailable": r.reason}
+    return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "unified_memory": g.unified_memory} for g in r]

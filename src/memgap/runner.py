@@ -1,0 +1,343 @@
+"""One run: an environment launches the engine, the sampler and the workload run against
+it, the engine log is parsed, and the run record is committed to the store.
+
+Failures of the engine (never ready, died, OOM-killed) and of requests are results with a
+cause, not exceptions (STYLE.md, 7). Only a missing privilege, a bad option or Ctrl-C
+stop the caller -- and even then everything the run created is removed first."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from memgap.collect.cgroup import read_cgroup_memory
+from memgap.engines.base import Engine
+from memgap.envs import LaunchSpec, RunningEngine, make_environment
+from memgap.envs.base import Environment
+from memgap.hostinfo import host_facts
+from memgap.load.client import run_workload_sync
+from memgap.load.records import RequestRecord
+from memgap.load.spec import WorkloadSpec
+from memgap.memory import memory_summary
+from memgap.sampler import MemorySeries, Sampler, SamplerConfig
+from memgap.store import Store
+
+RECORD_VERSION = 1  # the run record's own layout; bump with the store's schema
+LOG_TAIL_LINES = 30
+
+
+class RunObserver(Protocol):
+    def phase(self, environment: str, phase: str) -> None: ...
+
+    def request_done(self, environment: str, record: RequestRecord, done: int, total: int) -> None: ...
+
+
+class _Silent:
+    def phase(self, environment: str, phase: str) -> None:
+        return None
+
+    def request_done(self, environment: str, record: RequestRecord, done: int, total: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    environment: str
+    workload: WorkloadSpec
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    memory_limit_bytes: int | None = None
+    ready_timeout_s: float = 120.0
+    stop_timeout_s: float = 10.0
+    label: str | None = None
+    study_id: str | None = None
+    host: str = "127.0.0.1"
+
+
+class EngineFailed(Exception):
+    """Internal: the engine failed in a way that makes this run a failed run."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def wait_ready(
+    running: RunningEngine, url: str, timeout_s: float, *, should_stop: Callable[[], bool] = lambda: False
+) -> float:
+    """Poll the health endpoint until it answers 200; return seconds waited.
+    Raises EngineFailed when the engine exits or the timeout passes."""
+    start = time.monotonic()
+    last_err = "no answer"
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            rc = running.poll()
+            if rc is not None:
+                raise EngineFailed(f"engine exited with status {rc} before it was ready")
+            try:
+                r = client.get(url)
+                if r.status_code == 200:
+                    return time.monotonic() - start
+                last_err = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                last_err = type(e).__name__
+            if time.monotonic() - start > timeout_s:
+                raise EngineFailed(f"engine not ready after {timeout_s:.0f} s (last health check: {last_err})")
+            if should_stop():
+                raise EngineFailed("stopped")
+            time.sleep(0.1)
+
+
+def _metrics_fetcher(url: str) -> Callable[[], str | None]:
+    client = httpx.Client(timeout=0.5)
+
+    def fetch() -> str | None:
+        try:
+            r = client.get(url)
+        except httpx.HTTPError:
+            return None
+        return r.text if r.status_code == 200 else None
+
+    fetch.close = client.close  # type: ignore[attr-defined]
+    return fetch
+
+
+def _exit_cause(rc: int | None, oom_kills: int | None) -> str:
+    if oom_kills:
+        return f"engine was OOM-killed (exit status {rc}; cgroup oom_kill count {oom_kills})"
+    if rc is not None and rc < 0:
+        return f"engine killed by signal {-rc}"
+    return f"engine exited with status {rc}"
+
+
+def execute_run(
+    config: RunConfig,
+    engine: Engine,
+    store: Store,
+    *,
+    environment: Environment | None = None,
+    observer: RunObserver | None = None,
+) -> dict[str, Any]:
+    """Run once in one environment and commit the record. Returns the record."""
+    obs = observer or _Silent()
+    env = environment or make_environment(config.environment, memory_limit_bytes=config.memory_limit_bytes)
+    env.check()  # privileges and tools: a typed error before anything is created
+    run_id = new_run_id()
+    created_at = _now()
+    model = engine.model()
+    port = free_port(config.host)
+    base_url = f"http://{config.host}:{port}"
+    command = engine.command(config.host, port)
+
+    failure: str | None = None
+    interrupted = False
+    series: MemorySeries | None = None
+    workload_result = None
+    ready_s: float | None = None
+    exit_status: int | None = None
+    cgroup_final: dict[str, Any] | None = None
+    log_text = ""
+
+    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp:
+        log_path = Path(tmp) / "engine.log"
+        obs.phase(config.environment, "starting engine")
+        sampler: Sampler | None = None
+        fetch = _metrics_fetcher(base_url + (engine.metrics_path() or "/metrics"))
+        try:
+            with env.launch(LaunchSpec(command=command, log_path=log_path, run_id=run_id)) as running:
+                sampler = Sampler(
+                    running.pid,
+                    running.cgroup,
+                    config.sampler,
+                    metrics_fetch=fetch if engine.metrics_path() else None,
+                )
+                sampler.start()
+                sampler.mark("start")
+                try:
+                    ready_s = wait_ready(running, base_url + engine.health_path(), config.ready_timeout_s)
+                    sampler.mark("ready")
+                    obs.phase(config.environment, "workload")
+                    done = 0
+
+                    def on_record(rec: RequestRecord) -> None:
+                        nonlocal done
+                        if not rec.warmup:
+                            done += 1
+                        obs.request_done(config.environment, rec, done, config.workload.requests)
+
+                    workload_result = run_workload_sync(base_url, config.workload, on_record=on_record)
+                    rc = running.poll()
+                    if rc is not None:
+                        raise EngineFailed(f"during the workload: {rc}")
+                    sampler.mark("end")
+                except EngineFailed as e:
+                    failure = str(e)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    failure = "interrupted (Ctrl-C or SIGTERM)"
+                obs.phase(config.environment, "stopping engine")
+                exit_status = running.stop(config.stop_timeout_s)
+                sampler.read_kernel_peaks()
+                if running.cgroup is not None:
+                    with contextlib.suppress(Exception):
+                        cg = read_cgroup_memory(running.cgroup)
+                        cgroup_final = {
+                            "oom_kill_count": cg.oom_kill_count,
+                            "oom_events": cg.oom_events,
+                            "failcnt": cg.failcnt,
+                            "limit_bytes": cg.limit_bytes,
+                            "events": dict(cg.events),
+                        }
+                series = sampler.stop()
+                sampler = None
+        except (OSError, subprocess.SubprocessError) as e:
+            failure = f"could not start the engine: {e}"
+        except KeyboardInterrupt:
+            interrupted = True
+            failure = "interrupted (Ctrl-C or SIGTERM)"
+        finally:
+            if sampler is not None:
+                series = sampler.stop()
+            fetch.close()  # type: ignore[attr-defined]
+            if log_path.exists():
+                log_text = log_path.read_text(errors="replace")
+
+    if failure is not None and failure.startswith("during the workload"):
+        oom = (cgroup_final or {}).get("oom_kill_count")
+        failure = _exit_cause(exit_status, oom) + " during the workload"
+    elif failure is not None and failure.startswith("engine exited with status") and cgroup_final:
+        oom = cgroup_final.get("oom_kill_count")
+        if oom:
+            failure = _exit_cause(exit_status, oom) + " before it was ready"
+
+    report = engine.parse_log(log_text)
+    summary = workload_result.summary if workload_result is not None else None
+    if failure is None and summary is not None and summary.requests_ok == 0:
+        kinds = ", ".join(f"{k} x{n}" for k, n in summary.errors_by_kind.items())
+        failure = f"all {summary.requests_errored} requests failed ({kinds})"
+    status = "ok" if failure is None else "failed"
+
+    record = build_record(
+        run_id=run_id,
+        created_at=created_at,
+        config=config,
+        engine=engine,
+        model_sha256=model.sha256,
+        model_name=model.name,
+        model_size_bytes=model.size_bytes,
+        env=env,
+        status=status,
+        failure=failure,
+        log_tail_text=log_tail(log_text) if failure else None,
+        ready_s=ready_s,
+        exit_status=exit_status,
+        cgroup_final=cgroup_final,
+        report=report.to_dict(),
+        summary=summary.to_dict() if summary is not None else None,
+        memory=memory_summary(series) if series is not None else None,
+        command=list(command.argv),
+    )
+    store.add_run(
+        record,
+        engine_log=log_text,
+        requests=[r.to_dict() for r in (workload_result.records if workload_result else ())],
+        series=series.to_dict() if series is not None else None,
+    )
+    obs.phase(config.environment, f"done ({status})")
+    if interrupted:
+        raise KeyboardInterrupt
+    return record
+
+
+def build_record(
+    *,
+    run_id: str,
+    created_at: str,
+    config: RunConfig,
+    engine: Engine,
+    model_sha256: str,
+    model_name: str,
+    model_size_bytes: int,
+    env: Environment,
+    status: str,
+    failure: str | None,
+    log_tail_text: str | None,
+    ready_s: float | None,
+    exit_status: int | None,
+    cgroup_final: dict[str, Any] | None,
+    report: dict[str, Any],
+    summary: dict[str, Any] | None,
+    memory: dict[str, Any] | None,
+    command: list[str],
+) -> dict[str, Any]:
+    s = summary or {}
+
+    def pct(name: str) -> dict[str, Any]:
+        p = s.get(name) or {}
+        return {k: p.get(k) for k in ("p50", "p90", "p99", "mean", "n")}
+
+    mem = memory or {}
+    return {
+        "record_version": RECORD_VERSION,
+        "run_id": run_id,
+        "study_id": config.study_id,
+        "label": config.label,
+        "created_at": created_at,
+        "finished_at": _now(),
+        "environment": config.environment,
+        "environment_info": env.describe(),
+        "engine": engine.name,
+        "engine_version": engine.version(),
+        "engine_options": engine.options(),
+        "engine_command": command,
+        "model": model_name,
+        "model_sha256": model_sha256,
+        "model_size_bytes": model_size_bytes,
+        "status": status,
+        "failure": failure,
+        "failure_log_tail": log_tail_text,
+        "ready_s": ready_s,
+        "engine_exit_status": exit_status,
+        "workload": config.workload.to_dict(),
+        "sampler": {"rate_hz": config.sampler.rate_hz, "smaps_interval_s": config.sampler.smaps_interval_s},
+        "requests_ok": s.get("requests_ok", 0),
+        "requests_errored": s.get("requests_errored", 0),
+        "errors_by_kind": s.get("errors_by_kind", {}),
+        "output_tokens": s.get("output_tokens", 0),
+        "output_tokens_per_s": s.get("output_tokens_per_s"),
+        "request_throughput_per_s": s.get("request_throughput_per_s"),
+        "workload_duration_s": s.get("duration_s"),
+        "token_count_mismatches": s.get("token_count_mismatches"),
+        "ttft_s": pct("ttft_s"),
+        "itl_s": pct("itl_s"),
+        "e2e_s": pct("e2e_s"),
+        "queue_delay_s": pct("queue_delay_s"),
+        "engine_report": report,
+        "memory": mem,
+        "cgroup_final": cgroup_final,
+        "host": host_facts(),
+    }

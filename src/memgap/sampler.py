@@ -1,0 +1,319 @@
+"""Samples every memory layer of one run at a fixed rate, in a thread of its own.
+
+High-rate readings are the O(1) counters (/proc/meminfo, the cgroup's usage and
+memory.stat, /proc/PID/status of each process in the engine's tree).
+``smaps_rollup`` walks page tables -- its cost grows with resident memory -- so it is read
+at a low rate. The kernel's own watermarks (cgroup peak, VmHWM) are kept too, so a spike
+between two samples is not missed."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memgap.collect.cgroup import CgroupRef, parse_memory_stat
+from memgap.collect.engine_metrics import engine_metrics
+from memgap.collect.fastread import FileReader
+from memgap.collect.meminfo import parse_meminfo
+from memgap.collect.process import ProcessKey, process_tree, read_smaps_rollup, read_status
+
+# Column names of the series. Sparse columns (smaps, engine metrics) hold None where
+# not read at that tick.
+HOST_COLUMNS = (
+    "host_free_bytes",
+    "host_available_bytes",
+    "host_cached_bytes",
+    "host_shmem_bytes",
+    "host_used_bytes",
+)
+CGROUP_COLUMNS = (
+    "cgroup_usage_bytes",
+    "cgroup_anon_bytes",
+    "cgroup_file_bytes",
+    "cgroup_shmem_bytes",
+    "cgroup_file_mapped_bytes",
+)
+PROCESS_COLUMNS = (
+    "process_rss_bytes",
+    "process_anon_bytes",
+    "process_file_bytes",
+    "process_shmem_bytes",
+    "process_count",
+)
+SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting")
+COLUMNS = ("t_s", *HOST_COLUMNS, *CGROUP_COLUMNS, *PROCESS_COLUMNS, *SPARSE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    rate_hz: float = 10.0
+    smaps_interval_s: float = 5.0
+    tree_refresh_s: float = 1.0
+    metrics_interval_s: float = 1.0
+
+
+@dataclass
+class MemorySeries:
+    """Raw samples, stored verbatim; everything in ``summary()`` is derived from them."""
+
+    rate_hz: float
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    marks: dict[str, float] = field(default_factory=dict)
+    host_total_bytes: int | None = None
+    kernel_cgroup_peak_bytes: int | None = None
+    kernel_process_hwm_bytes: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.columns["t_s"])
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {c: self.columns[c][i] for c in COLUMNS}
+
+    def index_at(self, t_s: float) -> int | None:
+        """First sample at or after t_s (the sampler takes one at each mark)."""
+        for i, t in enumerate(self.columns["t_s"]):
+            if t >= t_s - 1e-9:
+                return i
+        return len(self) - 1 if len(self) else None
+
+    def peak(self, column: str) -> int | float | None:
+        vals = [v for v in self.columns[column] if v is not None]
+        return max(vals) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rate_hz": self.rate_hz,
+            "columns": self.columns,
+            "marks": self.marks,
+            "host_total_bytes": self.host_total_bytes,
+            "kernel_cgroup_peak_bytes": self.kernel_cgroup_peak_bytes,
+            "kernel_process_hwm_bytes": self.kernel_process_hwm_bytes,
+            "errors": self.errors,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemorySeries:
+        s = cls(rate_hz=float(d["rate_hz"]))
+        s.columns = {c: list(d["columns"].get(c, [])) for c in COLUMNS}
+        s.marks = dict(d.get("marks", {}))
+        s.host_total_bytes = d.get("host_total_bytes")
+        s.kernel_cgroup_peak_bytes = d.get("kernel_cgroup_peak_bytes")
+        s.kernel_process_hwm_bytes = d.get("kernel_process_hwm_bytes")
+        s.errors = list(d.get("errors", []))
+        return s
+
+
+def _stat_get(stat: Mapping[str, int], version: int, v2: str, v1: tuple[str, ...]) -> int | None:
+    if version == 2:
+        return stat.get(v2)
+    for k in v1:
+        if k in stat:
+            return stat[k]
+    return None
+
+
+class Sampler:
+    def __init__(
+        self,
+        pid: int,
+        cgroup: CgroupRef | None,
+        config: SamplerConfig | None = None,
+        *,
+        proc_root: Path = Path("/proc"),
+        metrics_fetch: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.cgroup = cgroup
+        self.config = config or SamplerConfig()
+        if not (0 < self.config.rate_hz <= 1000) or not math.isfinite(self.config.rate_hz):
+            raise ValueError(f"sample rate must be in (0, 1000] Hz, got {self.config.rate_hz}")
+        self.proc_root = proc_root
+        self.metrics_fetch = metrics_fetch
+        self.series = MemorySeries(rate_hz=self.config.rate_hz)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._tree: list[ProcessKey] = []
+        self._tree_at = -1e9
+        self._smaps_at = -1e9
+        self._metrics_at = -1e9
+        self._hwm: dict[ProcessKey, int] = {}
+        self._meminfo = FileReader(proc_root / "meminfo")
+        self._cg_usage: FileReader | None = None
+        self._cg_stat: FileReader | None = None
+        if cgroup is not None:
+            usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
+            self._cg_usage = FileReader(cgroup.path / usage)
+            self._cg_stat = FileReader(cgroup.path / "memory.stat")
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="memgap-sampler", daemon=True)
+        self._thread.start()
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def mark(self, name: str) -> float:
+        """Record an event (ready, load_start, end...) and take a sample right then."""
+        t = self.sample()
+        with self._lock:
+            self.series.marks[name] = t
+        return t
+
+    def read_kernel_peaks(self) -> None:
+        """Read the cgroup's own watermark; call before the cgroup is removed."""
+        if self.cgroup is None:
+            return
+        name = "memory.max_usage_in_bytes" if self.cgroup.version == 1 else "memory.peak"
+        try:
+            self.series.kernel_cgroup_peak_bytes = int((self.cgroup.path / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            # memory.peak exists from Linux 5.19 on; older v2 kernels have no watermark.
+            self.series.kernel_cgroup_peak_bytes = None
+
+    def stop(self) -> MemorySeries:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        for r in (self._meminfo, self._cg_usage, self._cg_stat):
+            if r is not None:
+                r.close()
+        if self._hwm:
+            self.series.kernel_process_hwm_bytes = max(self._hwm.values())
+        return self.series
+
+    def _loop(self) -> None:
+        period = 1.0 / self.config.rate_hz
+        next_t = time.monotonic() + period
+        while not self._stop.is_set():
+            delay = next_t - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                break
+            self.sample()
+            next_t += period
+            # After a stall (suspend, overloaded box), skip missed ticks instead of bursting.
+            if next_t < time.monotonic():
+                next_t = time.monotonic() + period
+
+    # -- one tick ----------------------------------------------------------------------
+
+    def sample(self) -> float:
+        with self._lock:
+            t = self.now()
+            row: dict[str, Any] = {c: None for c in COLUMNS}
+            row["t_s"] = round(t, 6)
+            self._sample_host(row)
+            self._sample_cgroup(row)
+            self._sample_processes(row, t)
+            self._sample_metrics(row, t)
+            for c in COLUMNS:
+                self.series.columns[c].append(row[c])
+            return t
+
+    def _note(self, msg: str) -> None:
+        if len(self.series.errors) < 50 and msg not in self.series.errors:
+            self.series.errors.append(msg)
+
+    def _sample_host(self, row: dict[str, Any]) -> None:
+        text = self._meminfo.read_text()
+        if text is None:
+            self._note("host: /proc/meminfo unreadable")
+            return
+        try:
+            mi = parse_meminfo(text)
+        except Exception as e:  # noqa: BLE001 - a bad sample is noted, never fatal
+            self._note(f"host: {e}")
+            return
+        self.series.host_total_bytes = mi.total_bytes
+        row["host_free_bytes"] = mi.free_bytes
+        row["host_available_bytes"] = mi.available_bytes
+        row["host_cached_bytes"] = mi.cached_bytes
+        row["host_shmem_bytes"] = mi.shmem_bytes
+        row["host_used_bytes"] = mi.used_bytes
+
+    def _sample_cgroup(self, row: dict[str, Any]) -> None:
+        if self.cgroup is None or self._cg_usage is None or self._cg_stat is None:
+            return
+        usage = self._cg_usage.read_text()
+        if usage is not None and usage.strip().isdigit():
+            row["cgroup_usage_bytes"] = int(usage)
+        stat_text = self._cg_stat.read_text()
+        if stat_text is None:
+            return
+        try:
+            stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / "memory.stat"))
+        except Exception as e:  # noqa: BLE001
+            self._note(f"cgroup: {e}")
+            return
+        v = self.cgroup.version
+        # v1: total_* are hierarchical (include children); the run's cgroup has none, but
+        # prefer them so a nested layout (docker --cgroup-parent) reads the same.
+        row["cgroup_anon_bytes"] = _stat_get(stat, v, "anon", ("total_rss", "rss"))
+        row["cgroup_file_bytes"] = _stat_get(stat, v, "file", ("total_cache", "cache"))
+        row["cgroup_shmem_bytes"] = _stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
+        row["cgroup_file_mapped_bytes"] = _stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
+
+    def _sample_processes(self, row: dict[str, Any], t: float) -> None:
+        if t - self._tree_at >= self.config.tree_refresh_s or not self._tree:
+            self._tree = process_tree(self.pid, self.proc_root)
+            self._tree_at = t
+        totals = {"rss": 0, "anon": 0, "file": 0, "shmem": 0}
+        seen = 0
+        for key in self._tree:
+            st = read_status(key, self.proc_root)
+            if st is None:
+                continue
+            seen += 1
+            for name, val in (
+                ("rss", st.vm_rss_bytes),
+                ("anon", st.rss_anon_bytes),
+                ("file", st.rss_file_bytes),
+                ("shmem", st.rss_shmem_bytes),
+            ):
+                if val is not None:
+                    totals[name] += val
+            if st.vm_hwm_bytes is not None:
+                self._hwm[key] = st.vm_hwm_bytes
+        if seen:
+            row["process_rss_bytes"] = totals["rss"]
+            row["process_anon_bytes"] = totals["anon"]
+            row["process_file_bytes"] = totals["file"]
+            row["process_shmem_bytes"] = totals["shmem"]
+        row["process_count"] = seen
+        if seen and t - self._smaps_at >= self.config.smaps_interval_s:
+            self._smaps_at = t
+            pss = 0
+            any_read = False
+            for key in self._tree:
+                sm = read_smaps_rollup(key, self.proc_root)
+                if sm is not None and sm.pss_bytes is not None:
+                    pss += sm.pss_bytes
+                    any_read = True
+            row["process_pss_bytes"] = pss if any_read else None
+
+    def _sample_metrics(self, row: dict[str, Any], t: float) -> None:
+        if self.metrics_fetch is None or t - self._metrics_at < self.config.metrics_interval_s:
+            return
+        self._metrics_at = t
+        text = self.metrics_fetch()
+        if text is None:
+            return
+        try:
+            m = engine_metrics(text)
+        except Exception as e:  # noqa: BLE001
+            self._note(f"metrics: {e}")
+            return
+        row["kv_usage_ratio"] = m.kv_usage_ratio
+        row["requests_running"] = m.requests_running
+        row["requests_waiting"] = m.requests_waiting
