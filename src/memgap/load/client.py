@@ -1,0 +1,211 @@
+"""Drive an OpenAI-compatible server with a :class:`WorkloadSpec`.
+
+One ``httpx.AsyncClient`` (one connection pool, sized to the concurrency) serves every
+request. The order of a run: find the model name (when not given), build the prompts
+(their tokenizer calls stay out of the timed part), send the warm-up requests, then the
+measured ones, closed-loop or at the spec's rate. Errored requests are records, never
+exceptions; only a callback's own exception or cancellation stops a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from memgap.load.prompts import build_prompt_with, tokenizer_for
+from memgap.load.records import RequestRecord, WorkloadSummary, summarize
+from memgap.load.request import request_body, send_request
+from memgap.load.schedule import arrival_offsets_s
+from memgap.load.spec import WorkloadSpec
+
+OnRecord = Callable[[RequestRecord], None]
+# Seeds of per-request prompts: far apart so that request i's words do not start where
+# request i+1's do.
+_PROMPT_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    spec: WorkloadSpec
+    records: tuple[RequestRecord, ...]  # warm-up first, then measured, each by index
+    duration_s: float  # first measured send to last measured end
+    summary: WorkloadSummary
+    prompt_info: Mapping[str, Any]
+    model: str | None = None  # what requests named: the spec's, or the server's first model
+    started_unix_s: float | None = field(default=None)  # wall clock at the measured start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "model": self.model,
+            "started_unix_s": self.started_unix_s,
+            "duration_s": self.duration_s,
+            "prompt_info": dict(self.prompt_info),
+            "summary": self.summary.to_dict(),
+            "records": [r.to_dict() for r in self.records],
+        }
+
+
+async def _server_model(client: httpx.AsyncClient, base_url: str) -> str | None:
+    """The first model the server lists; None when it lists none or has no `/v1/models`
+    (llama.cpp does not need the name; older vLLM rejects a request without it)."""
+    try:
+        resp = await client.get(base_url + "/v1/models")
+        data = resp.json().get("data") if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        model_id = data[0].get("id")
+        return model_id if isinstance(model_id, str) else None
+    return None
+
+
+async def _build_prompts(
+    client: httpx.AsyncClient, base_url: str, spec: WorkloadSpec
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    count = tokenizer_for(client, base_url)
+    n_distinct = spec.warmup_requests + spec.requests if spec.distinct_prompts else 1
+    seeds = [spec.seed * _PROMPT_SEED_STRIDE + i for i in range(n_distinct)]
+    sem = asyncio.Semaphore(spec.concurrency)
+
+    async def one(seed: int) -> tuple[str, int | None]:
+        async with sem:
+            return await build_prompt_with(count, spec.prompt_tokens, seed)
+
+    built = await asyncio.gather(*(one(s) for s in seeds))
+    texts = [t for t, _ in built]
+    measured = [m for _, m in built if m is not None]
+    info: dict[str, Any] = {
+        "target_tokens": spec.prompt_tokens,
+        "tokenizer": "server" if len(measured) == len(built) else "approximate",
+        "distinct": spec.distinct_prompts,
+        "prompts": len(built),
+        "measured_tokens_min": min(measured) if measured else None,
+        "measured_tokens_max": max(measured) if measured else None,
+        "exact": sum(1 for m in measured if m == spec.prompt_tokens),
+        # A chat request wraps the prompt in the model's chat template, so the server's
+        # usage reports more prompt tokens than these.
+        "counted": "message content" if spec.api == "chat" else "whole prompt",
+    }
+    if spec.distinct_prompts:
+        return texts[: spec.warmup_requests], texts[spec.warmup_requests :], info
+    return [texts[0]] * spec.warmup_requests, [texts[0]] * spec.requests, info
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        spec: WorkloadSpec,
+        model: str | None,
+        on_record: OnRecord | None,
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.spec = spec
+        self.model = model
+        self.on_record = on_record
+        self.records: list[RequestRecord] = []
+
+    async def send(
+        self, index: int, prompt: str, *, warmup: bool, scheduled: float, origin: float
+    ) -> None:
+        record = await send_request(
+            self.client,
+            self.url,
+            request_body(self.spec, prompt, self.model),
+            index=index,
+            warmup=warmup,
+            scheduled=scheduled,
+            origin=origin,
+            timeout_s=self.spec.timeout_s,
+        )
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    async def closed_loop(self, prompts: list[str], *, warmup: bool, origin: float) -> None:
+        """``concurrency`` workers, each sending its next request as soon as the last ends.
+        The scheduled time is when a worker takes the request, so queue delay is ~0."""
+        queue = iter(enumerate(prompts))
+
+        async def worker() -> None:
+            for index, prompt in queue:
+                now = time.perf_counter()
+                await self.send(index, prompt, warmup=warmup, scheduled=now, origin=origin)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(self.spec.concurrency, len(prompts))):
+                tg.create_task(worker())
+
+    async def open_loop(self, prompts: list[str], rate_per_s: float, *, origin: float) -> None:
+        """Requests are due at the schedule's times whether or not a slot is free; one due
+        while ``concurrency`` are in flight waits, and its latency includes the wait."""
+        offsets = arrival_offsets_s(len(prompts), rate_per_s, self.spec.arrival, self.spec.seed)
+        slots = asyncio.Semaphore(self.spec.concurrency)
+
+        async def gated(index: int, prompt: str, scheduled: float) -> None:
+            async with slots:
+                await self.send(index, prompt, warmup=False, scheduled=scheduled, origin=origin)
+
+        async with asyncio.TaskGroup() as tg:
+            for (index, prompt), offset in zip(enumerate(prompts), offsets, strict=True):
+                due = origin + offset
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tg.create_task(gated(index, prompt, due))
+
+
+async def run_workload(
+    base_url: str, spec: WorkloadSpec, *, on_record: OnRecord | None = None
+) -> WorkloadResult:
+    """Run ``spec`` against the server at ``base_url`` (e.g. ``http://127.0.0.1:8080``).
+
+    ``on_record`` is called with each record as it completes, warm-up ones included
+    (``record.warmup``), from the event loop: keep it quick.
+    """
+    base = base_url.rstrip("/")
+    limits = httpx.Limits(
+        max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
+    )
+    timeout = httpx.Timeout(spec.timeout_s, connect=min(spec.timeout_s, 10.0))
+    # trust_env=False: a proxy from the environment must not sit between us and a local engine
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+        model = spec.model if spec.model is not None else await _server_model(client, base)
+        warm_prompts, prompts, prompt_info = await _build_prompts(client, base, spec)
+        runner = _Runner(client, base + spec.path, spec, model, on_record)
+
+        if warm_prompts:
+            await runner.closed_loop(warm_prompts, warmup=True, origin=time.perf_counter())
+
+        started_unix_s = time.time()
+        origin = time.perf_counter()
+        if spec.request_rate_per_s is None:
+            await runner.closed_loop(prompts, warmup=False, origin=origin)
+        else:
+            await runner.open_loop(prompts, spec.request_rate_per_s, origin=origin)
+        duration_s = time.perf_counter() - origin
+
+    records = tuple(sorted(runner.records, key=lambda r: (not r.warmup, r.index)))
+    return WorkloadResult(
+        spec=spec,
+        records=records,
+        duration_s=duration_s,
+        summary=summarize(records, duration_s),
+        prompt_info=prompt_info,
+        model=model,
+        started_unix_s=started_unix_s,
+    )
+
+
+def run_workload_sync(
+    base_url: str, spec: WorkloadSpec, on_record: OnRecord | None = None
+) -> WorkloadResult:
+    return asyncio.run(run_workload(base_url, spec, on_record=on_record))
