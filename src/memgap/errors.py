@@ -38,3 +38,9 @@ class StoreError(MemgapError):
     """The results store cannot be opened, is of an unknown version, or refused a write."""
 
     exit_code = 4
+
+
+class Interrupted(MemgapError):
+    """Ctrl-C or SIGTERM, raised after everything the command created was cleaned up."""
+
+    exit_code = 130

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS requests (
     itl_s TEXT,                    -- JSON list
     output_tokens INTEGER, output_tokens_client INTEGER, prompt_tokens INTEGER,
     http_status INTEGER, error TEXT,
-    PRIMARY KEY (run_id, idx)
+    PRIMARY KEY (run_id, warmup, idx)
 );
 CREATE TABLE IF NOT EXISTS memory_series (
     run_id TEXT PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -233,7 +233,7 @@ class Store:
         return None if row is None else json.loads(row["series"])
 
     def requests(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM requests WHERE run_id = ? ORDER BY idx", (run_id,)).fetchall()
+        rows = self.db.execute("SELECT * FROM requests WHERE run_id = ? ORDER BY warmup DESC, idx", (run_id,)).fetchall()
         out = []
         for r in rows:
             d = dict(r)

