@@ -1,0 +1,113 @@
+"""TensorRT-LLM memory lines, PyTorch and C++ backends.
+
+Format strings, from NVIDIA/TensorRT-LLM:
+
+- tensorrt_llm/_torch/pyexecutor/_util.py (KvCacheCreator):
+  ``f"Peak memory during memory usage profiling (torch + non-torch): {peak:.2f} GiB, "
+  f"available KV cache memory when calculating max tokens: {avail:.2f} GiB, "
+  f"fraction is set {fraction}, kv size per token is {n}. device total memory {total:.2f} GiB, "
+  f"temporary kv cache memory during profiling {tmp:.2f} GiB"``; older releases stop
+  after ``max tokens: {avail} GiB``, or after ``kv size is {n}``, or end with
+  ``device total memory {t} GiB, , tmp kv_mem {tmp} GiB``.
+  ``f"Memory used after loading model weights (inside torch) in memory usage profiling: {x:.2f} GiB"``
+  (and ``(outside torch)``), ``f"Memory used outside torch (e.g., NCCL and CUDA graphs) in
+  memory usage profiling: {x:.2f} GiB"`` (older: without the parenthesis),
+  ``f"Estimated max memory in KV cache : {x:.2f} GiB"``, ``f"Estimated max tokens in KV cache : {n}"``.
+- cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp:
+  ``"[MemUsageChange] Allocated %0.2f GiB for max tokens in paged KV cache (%d)."``,
+  ``"Number of tokens per block: %d."``, ``"Number of blocks in KV cache primary pool: %d"``,
+  ``"Memory usage when calculating max tokens in paged kv cache: total: %0.2f GiB, available: %0.2f GiB"``.
+- checkpoint loading: ``f"Prefetching {x:.2f}GB checkpoint files."`` (``1024**3`` bytes).
+
+The PyTorch backend first allocates a small temporary KV cache to profile with, then
+the real one: both print ``[MemUsageChange] Allocated``, so the last such line is the
+KV cache. C++ lines carry ``[TensorRT-LLM][INFO] ``, Python ones
+``[12/20/2025-04:21:10] [TRT-LLM] [I] ``."""
+
+from __future__ import annotations
+
+import re
+
+from memgap.engines.logs._found import Found
+from memgap.engines.logs._text import NUM, GiB, iter_lines, to_bytes, to_float, to_int
+from memgap.engines.report import EngineReport
+
+ENGINE = "trtllm"
+
+SIGNATURES = (
+    re.compile(r"\[TensorRT-LLM\]|\[TRT-LLM\]"),
+    re.compile(r"tensorrt_llm|TensorRT-LLM|trtllm"),
+    re.compile(r"for max tokens in paged KV cache"),
+    re.compile(r"Peak memory during memory usage profiling"),
+)
+
+_PEAK_RE = re.compile(rf"Peak memory during memory usage profiling[^:]*: ({NUM}) ?GiB")
+_AVAIL_RE = re.compile(rf"available KV cache memory when calculating max tokens: ({NUM}) ?GiB")
+_FRACTION_RE = re.compile(rf"fraction is set ({NUM})")
+_PER_TOKEN_RE = re.compile(rf"kv size (?:per token )?is ({NUM})")
+_TOTAL_RE = re.compile(rf"device total memory ({NUM}) ?GiB")
+_TMP_RE = re.compile(rf"(?:temporary kv cache memory during profiling|tmp kv_mem) ({NUM}) ?GiB")
+_MODEL_IN_RE = re.compile(rf"Memory used after loading model weights \(inside torch\)[^:]*: ({NUM}) ?GiB")
+_MODEL_OUT_RE = re.compile(rf"Memory used after loading model weights \(outside torch\)[^:]*: ({NUM}) ?GiB")
+_OUTSIDE_RE = re.compile(rf"Memory used outside torch(?: \([^)]*\))? in memory usage profiling: ({NUM}) ?GiB")
+_EST_MEM_RE = re.compile(rf"Estimated max memory in KV cache ?: ({NUM}) ?GiB")
+_EST_TOK_RE = re.compile(rf"Estimated max tokens in KV cache ?: ({NUM})")
+_ALLOC_RE = re.compile(rf"Allocated ({NUM}) ?GiB for max tokens in paged KV cache \(({NUM})\)")
+_CALC_RE = re.compile(
+    rf"Memory usage when calculating max tokens in paged kv cache: total: ({NUM}) ?GiB, available: ({NUM}) ?GiB"
+)
+_BLOCKS_RE = re.compile(r"Number of blocks in KV cache primary pool: (\d+)")
+_PER_BLOCK_RE = re.compile(r"Number of tokens per block: (\d+)")
+_PREFETCH_RE = re.compile(rf"Prefetching ({NUM}) ?GB checkpoint files")
+
+
+def parse(text: str) -> EngineReport:
+    f = Found()
+    allocations = 0
+    for line in iter_lines(text):
+        if m := _PEAK_RE.search(line):
+            f.fig("peak_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _AVAIL_RE.search(line):
+            f.note("kv_available_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _FRACTION_RE.search(line):
+            f.fig("kv_fraction", to_float(m.group(1)), line)
+        if m := _PER_TOKEN_RE.search(line):
+            f.note("kv_bytes_per_token", to_int(m.group(1)), line)
+        if m := _TOTAL_RE.search(line):
+            f.fig("device_total_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _TMP_RE.search(line):
+            f.note("tmp_kv_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _MODEL_IN_RE.search(line):
+            f.fig("model_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _MODEL_OUT_RE.search(line):
+            f.note("model_outside_torch_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _OUTSIDE_RE.search(line):
+            f.note("outside_torch_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _EST_MEM_RE.search(line):
+            f.note("estimated_kv_bytes", to_bytes(m.group(1), GiB), line)
+        if m := _EST_TOK_RE.search(line):
+            f.note("estimated_kv_tokens", to_int(m.group(1)), line)
+        if m := _ALLOC_RE.search(line):
+            b, n = to_bytes(m.group(1), GiB), to_int(m.group(2))
+            if b is not None and n is not None:
+                allocations += 1
+                f.fig("kv_cache_bytes", b, line)
+                f.fig("kv_cache_tokens", n, line)
+        if m := _CALC_RE.search(line):
+            f.fig_once("device_total_bytes", to_bytes(m.group(1), GiB), line)
+            f.note("free_at_sizing_bytes", to_bytes(m.group(2), GiB), line)
+        if m := _BLOCKS_RE.search(line):
+            f.fig("kv_cache_blocks", to_int(m.group(1)), line)
+        if m := _PER_BLOCK_RE.search(line):
+            f.note("tokens_per_block", to_int(m.group(1)), line)
+        if m := _PREFETCH_RE.search(line):
+            f.note("prefetch_bytes", to_bytes(m.group(1), GiB), line)
+    if allocations:
+        f.extra["kv_allocations"] = allocations
+    elif "kv_available_bytes" in f.extra:
+        # No allocation line (log cut short, or a release that does not print it): the
+        # budget the sizing rule computed is the best figure there is.
+        avail = f.extra["kv_available_bytes"]
+        if isinstance(avail, int):
+            f.figures["kv_cache_bytes"] = avail
+    return f.report(ENGINE)
