@@ -19,7 +19,7 @@ import httpx
 
 from memgap.load.prompts import build_prompt_with, tokenizer_for
 from memgap.load.records import RequestRecord, WorkloadSummary, summarize
-from memgap.load.request import request_body, send_request
+from memgap.load.request import PlannedRequest, request_body, send_request
 from memgap.load.schedule import arrival_offsets_s
 from memgap.load.spec import WorkloadSpec
 
@@ -65,9 +65,9 @@ async def _server_model(client: httpx.AsyncClient, base_url: str) -> str | None:
     return None
 
 
-async def _build_prompts(
+async def _plan_requests(
     client: httpx.AsyncClient, base_url: str, spec: WorkloadSpec
-) -> tuple[list[str], list[str], dict[str, Any]]:
+) -> tuple[list[PlannedRequest], list[PlannedRequest], dict[str, Any]]:
     count = tokenizer_for(client, base_url)
     n_distinct = spec.warmup_requests + spec.requests if spec.distinct_prompts else 1
     seeds = [spec.seed * _PROMPT_SEED_STRIDE + i for i in range(n_distinct)]
@@ -78,7 +78,7 @@ async def _build_prompts(
             return await build_prompt_with(count, spec.prompt_tokens, seed)
 
     built = await asyncio.gather(*(one(s) for s in seeds))
-    texts = [t for t, _ in built]
+    planned = [PlannedRequest(text, spec.output_tokens) for text, _ in built]
     measured = [m for _, m in built if m is not None]
     info: dict[str, Any] = {
         "target_tokens": spec.prompt_tokens,
@@ -93,8 +93,8 @@ async def _build_prompts(
         "counted": "message content" if spec.api == "chat" else "whole prompt",
     }
     if spec.distinct_prompts:
-        return texts[: spec.warmup_requests], texts[spec.warmup_requests :], info
-    return [texts[0]] * spec.warmup_requests, [texts[0]] * spec.requests, info
+        return planned[: spec.warmup_requests], planned[spec.warmup_requests :], info
+    return [planned[0]] * spec.warmup_requests, [planned[0]] * spec.requests, info
 
 
 class _Runner:
@@ -114,12 +114,12 @@ class _Runner:
         self.records: list[RequestRecord] = []
 
     async def send(
-        self, index: int, prompt: str, *, warmup: bool, scheduled: float, origin: float
+        self, index: int, planned: PlannedRequest, *, warmup: bool, scheduled: float, origin: float
     ) -> None:
         record = await send_request(
             self.client,
             self.url,
-            request_body(self.spec, prompt, self.model),
+            request_body(self.spec, planned, self.model),
             index=index,
             warmup=warmup,
             scheduled=scheduled,
@@ -130,37 +130,49 @@ class _Runner:
         if self.on_record is not None:
             self.on_record(record)
 
-    async def closed_loop(self, prompts: list[str], *, warmup: bool, origin: float) -> None:
+    async def closed_loop(self, plan: list[PlannedRequest], *, warmup: bool, origin: float) -> None:
         """``concurrency`` workers, each sending its next request as soon as the last ends.
         The scheduled time is when a worker takes the request, so queue delay is ~0."""
-        queue = iter(enumerate(prompts))
+        queue = iter(enumerate(plan))
 
         async def worker() -> None:
-            for index, prompt in queue:
+            for index, planned in queue:
                 now = time.perf_counter()
-                await self.send(index, prompt, warmup=warmup, scheduled=now, origin=origin)
+                await self.send(index, planned, warmup=warmup, scheduled=now, origin=origin)
 
         async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self.spec.concurrency, len(prompts))):
+            for _ in range(min(self.spec.concurrency, len(plan))):
                 tg.create_task(worker())
 
-    async def open_loop(self, prompts: list[str], rate_per_s: float, *, origin: float) -> None:
-        """Requests are due at the schedule's times whether or not a slot is free; one due
+    async def open_loop(
+        self, plan: list[PlannedRequest], offsets: list[float], *, origin: float
+    ) -> None:
+        """Requests are due at ``origin + offset`` whether or not a slot is free; one due
         while ``concurrency`` are in flight waits, and its latency includes the wait."""
-        offsets = arrival_offsets_s(len(prompts), rate_per_s, self.spec.arrival, self.spec.seed)
         slots = asyncio.Semaphore(self.spec.concurrency)
 
-        async def gated(index: int, prompt: str, scheduled: float) -> None:
+        async def gated(index: int, planned: PlannedRequest, scheduled: float) -> None:
             async with slots:
-                await self.send(index, prompt, warmup=False, scheduled=scheduled, origin=origin)
+                await self.send(index, planned, warmup=False, scheduled=scheduled, origin=origin)
 
         async with asyncio.TaskGroup() as tg:
-            for (index, prompt), offset in zip(enumerate(prompts), offsets, strict=True):
+            for (index, planned), offset in zip(enumerate(plan), offsets, strict=True):
                 due = origin + offset
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tg.create_task(gated(index, prompt, due))
+                tg.create_task(gated(index, planned, due))
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A TaskGroup wraps the one exception that stopped it (a callback's, say); give the
+    caller that exception rather than a group of one."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group
 
 
 async def run_workload(
@@ -179,19 +191,28 @@ async def run_workload(
     # trust_env=False: a proxy from the environment must not sit between us and a local engine
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         model = spec.model if spec.model is not None else await _server_model(client, base)
-        warm_prompts, prompts, prompt_info = await _build_prompts(client, base, spec)
+        warm_plan, plan, prompt_info = await _plan_requests(client, base, spec)
         runner = _Runner(client, base + spec.path, spec, model, on_record)
 
-        if warm_prompts:
-            await runner.closed_loop(warm_prompts, warmup=True, origin=time.perf_counter())
-
-        started_unix_s = time.time()
-        origin = time.perf_counter()
-        if spec.request_rate_per_s is None:
-            await runner.closed_loop(prompts, warmup=False, origin=origin)
-        else:
-            await runner.open_loop(prompts, spec.request_rate_per_s, origin=origin)
-        duration_s = time.perf_counter() - origin
+        # Computed before the clock starts: the first draw initialises numpy's generator,
+        # which would otherwise show up as the first request's queue delay.
+        offsets = (
+            None
+            if spec.request_rate_per_s is None
+            else arrival_offsets_s(spec.requests, spec.request_rate_per_s, spec.arrival, spec.seed)
+        )
+        try:
+            if warm_plan:
+                await runner.closed_loop(warm_plan, warmup=True, origin=time.perf_counter())
+            started_unix_s = time.time()
+            origin = time.perf_counter()
+            if offsets is None:
+                await runner.closed_loop(plan, warmup=False, origin=origin)
+            else:
+                await runner.open_loop(plan, offsets, origin=origin)
+            duration_s = time.perf_counter() - origin
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
 
     records = tuple(sorted(runner.records, key=lambda r: (not r.warmup, r.index)))
     return WorkloadResult(

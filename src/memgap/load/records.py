@@ -44,6 +44,7 @@ class RequestRecord:
     # `usage.prompt_tokens_details.cached_tokens`; a nonzero value means prefill was skipped.
     cached_prompt_tokens: int | None = None
     finish_reason: str | None = None
+    max_tokens: int | None = None  # what the request asked for
 
     @property
     def ok(self) -> bool:
@@ -121,6 +122,10 @@ class WorkloadSummary:
     # ok requests whose server sent no usage report: their tokens in `output_tokens`
     # are the client's count.
     usage_missing: int = 0
+    # Measured requests whose prompt was partly served from the server's prompt cache
+    # (same prompts sent to the same server twice, or a shared chat-template prefix):
+    # their TTFT does not include the full prefill.
+    prompt_cache_hits: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +142,7 @@ class WorkloadSummary:
             "token_count_mismatches": self.token_count_mismatches,
             "errors_by_kind": dict(self.errors_by_kind),
             "usage_missing": self.usage_missing,
+            "prompt_cache_hits": self.prompt_cache_hits,
         }
 
 
@@ -172,6 +178,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float) -> WorkloadSu
         # an ok request has no error; the key is "unknown" only for a non-200 without text
         errors_by_kind={str(k or "unknown"): v for k, v in sorted(errors.items(), key=_by_key)},
         usage_missing=sum(1 for r in ok if r.output_tokens is None),
+        prompt_cache_hits=sum(1 for r in measured if (r.cached_prompt_tokens or 0) > 0),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,11 +23,21 @@ ERROR_BODY_HEAD_CHARS = 200
 _ERROR_BODY_READ_BYTES = 4096
 
 
-def request_body(spec: WorkloadSpec, prompt: str, model: str | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """What one request will ask for. Fixed-length workloads give every request the same
+    lengths; length distributions and datasets plan each request apart."""
+
+    prompt: str
+    max_tokens: int
+
+
+def request_body(spec: WorkloadSpec, planned: PlannedRequest, model: str | None) -> dict[str, Any]:
+    prompt = planned.prompt
     body: dict[str, Any] = {
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_tokens": spec.output_tokens,
+        "max_tokens": planned.max_tokens,
         "temperature": 0,
         "seed": spec.seed,
     }
@@ -165,4 +176,5 @@ async def send_request(
         error=st.error,
         cached_prompt_tokens=st.cached,
         finish_reason=st.finish_reason,
+        max_tokens=body.get("max_tokens"),
     )
