@@ -1,0 +1,95 @@
+"""TensorRT-LLM log lines rebuilt from NVIDIA/TensorRT-LLM:
+tensorrt_llm/_torch/pyexecutor/_util.py (PyTorch backend) and
+cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp (C++ lines)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memgap.engines.logs import detect_engine, parse_engine_log
+
+GiB = 1 << 30
+PY = "[12/20/2025-04:21:10] [TRT-LLM] [I] "
+CPP = "[TensorRT-LLM][INFO] "
+
+
+def peak_line(peak: float, avail: float, frac: float, per_token: int, total: float, tmp: float, *, variant: str) -> str:
+    head = (f"Peak memory during memory usage profiling (torch + non-torch): {peak:.2f} GiB, "
+            f"available KV cache memory when calculating max tokens: {avail:.2f} GiB")
+    if variant == "oldest":
+        return head
+    if variant == "kv size is":
+        return head + f", fraction is set {frac}, kv size is {per_token}"
+    if variant == "tmp kv_mem":
+        return head + (f", fraction is set {frac}, kv size is {per_token}. device total memory {total:.2f} GiB, "
+                       f", tmp kv_mem {tmp:.2f} GiB")
+    return head + (f", fraction is set {frac}, kv size per token is {per_token}. device total memory {total:.2f} GiB, "
+                   f"temporary kv cache memory during profiling {tmp:.2f} GiB")
+
+
+def seed_log(variant: str = "current") -> str:
+    # The seed study's native run: peak 78.31 GiB on a 119.64 GiB GB10.
+    return "\n".join([
+        PY + f"Prefetching {14.19:.2f}GB checkpoint files.",
+        PY + f"Memory used after loading model weights (inside torch) in memory usage profiling: {14.19:.2f} GiB",
+        PY + f"Memory used after loading model weights (outside torch) in memory usage profiling: {1.02:.2f} GiB",
+        CPP + "Number of tokens per block: 32.",
+        CPP + f"[MemUsageChange] Allocated {0.56:.2f} GiB for max tokens in paged KV cache ({8224}).",
+        PY + f"Memory used outside torch (e.g., NCCL and CUDA graphs) in memory usage profiling: {3.20:.2f} GiB",
+        PY + peak_line(78.31, 37.26, 0.9, 57344, 119.64, 0.56, variant=variant),
+        PY + f"Estimated max memory in KV cache : {37.26:.2f} GiB",
+        CPP + "Number of tokens per block: 32.",
+        CPP + f"[MemUsageChange] Allocated {37.25:.2f} GiB for max tokens in paged KV cache ({697504}).",
+    ])
+
+
+@pytest.mark.parametrize("variant", ["current", "tmp kv_mem"])
+def test_pytorch_backend_takes_last_allocation(variant: str) -> None:
+    text = seed_log(variant)
+    r = parse_engine_log("trtllm", text)
+    assert r.peak_bytes == round(78.31 * GiB)
+    assert r.kv_cache_bytes == round(37.25 * GiB)  # the real cache, not the 0.56 GiB profiling one
+    assert r.kv_cache_tokens == 697504
+    assert r.kv_fraction == pytest.approx(0.9)
+    assert r.device_total_bytes == round(119.64 * GiB)
+    assert r.model_bytes == round(14.19 * GiB)
+    assert r.extra["kv_available_bytes"] == round(37.26 * GiB)
+    assert r.extra["kv_bytes_per_token"] == 57344
+    assert r.extra["tmp_kv_bytes"] == round(0.56 * GiB)
+    assert r.extra["kv_allocations"] == 2
+    assert r.extra["outside_torch_bytes"] == round(3.20 * GiB)
+    assert r.extra["estimated_kv_bytes"] == round(37.26 * GiB)
+    assert r.extra["tokens_per_block"] == 32
+    assert r.extra["prefetch_bytes"] == round(14.19 * GiB)
+    assert detect_engine(text) == "trtllm"
+
+
+@pytest.mark.parametrize("variant", ["oldest", "kv size is"])
+def test_older_profiling_lines(variant: str) -> None:
+    r = parse_engine_log("trtllm", PY + peak_line(78.31, 37.26, 0.9, 57344, 119.64, 0.56, variant=variant))
+    assert r.peak_bytes == round(78.31 * GiB)
+    # no allocation line: the computed budget stands in for the cache
+    assert r.kv_cache_bytes == round(37.26 * GiB)
+    assert r.device_total_bytes is None
+    assert (r.kv_fraction is None) == (variant == "oldest")
+
+
+def test_cpp_backend_lines() -> None:
+    text = "\n".join([
+        CPP + f"Memory usage when calculating max tokens in paged kv cache: total: {79.10:.2f} GiB, available: {63.62:.2f} GiB",
+        CPP + "Number of blocks in KV cache primary pool: 4607",
+        CPP + "Number of blocks in KV cache secondary pool: 0, onboard blocks to primary memory before reuse: true",
+        CPP + "Number of tokens per block: 64.",
+        CPP + f"[MemUsageChange] Allocated {62.99:.2f} GiB for max tokens in paged KV cache ({294848}).",
+    ])
+    r = parse_engine_log("trtllm", text)
+    assert r.device_total_bytes == round(79.10 * GiB)
+    assert r.extra["free_at_sizing_bytes"] == round(63.62 * GiB)
+    assert r.kv_cache_blocks == 4607
+    assert r.kv_cache_tokens == 294848
+    assert r.kv_cache_bytes == round(62.99 * GiB)
+
+
+def test_legacy_outside_torch_wording() -> None:
+    r = parse_engine_log("trtllm", PY + "Memory used outside torch in memory usage profiling: 1.25 GiB")
+    assert r.extra["outside_torch_bytes"] == round(1.25 * GiB)
