@@ -45,7 +45,9 @@ def kb_value(rest: str, source: str, lineno: int) -> int:
         return parse_int(parts[0], source, lineno)
     if len(parts) == 2 and parts[1] == "kB":
         return parse_int(parts[0], source, lineno) * KIB
-    raise CollectorParseError(source, lineno, f"expected '<n>' or '<n> kB', got {rest.strip()[:60]!r}")
+    raise CollectorParseError(
+        source, lineno, f"expected '<n>' or '<n> kB', got {rest.strip()[:60]!r}"
+    )
 
 
 def read_optional(path: Path) -> str | None:

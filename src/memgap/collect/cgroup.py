@@ -57,7 +57,9 @@ def parse_proc_cgroup(text: str, source: str = "/proc/self/cgroup") -> list[Proc
         # The path is last and may itself contain ':', so split at most twice.
         parts = line.split(":", 2)
         if len(parts) != 3:
-            raise CollectorParseError(source, lineno, f"expected 'id:controllers:path', got {line[:60]!r}")
+            raise CollectorParseError(
+                source, lineno, f"expected 'id:controllers:path', got {line[:60]!r}"
+            )
         hid, controllers, path = parts
         out.append(
             ProcCgroupLine(
@@ -70,7 +72,15 @@ def parse_proc_cgroup(text: str, source: str = "/proc/self/cgroup") -> list[Proc
 
 
 # Super options of a v1 cgroup mount that are not controllers.
-_V1_NON_CONTROLLER_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "none"}
+_V1_NON_CONTROLLER_OPTIONS = {
+    "rw",
+    "ro",
+    "noprefix",
+    "clone_children",
+    "xattr",
+    "cpuset_v2_mode",
+    "none",
+}
 
 
 def _unescape_mountinfo(field_text: str) -> str:
@@ -99,7 +109,9 @@ def parse_mountinfo_cgroups(text: str, source: str = "/proc/self/mountinfo") -> 
         try:
             dash = fields.index("-", 6)
         except ValueError:
-            raise CollectorParseError(source, lineno, f"no ' - ' separator in {line[:60]!r}") from None
+            raise CollectorParseError(
+                source, lineno, f"no ' - ' separator in {line[:60]!r}"
+            ) from None
         if len(fields) < dash + 3 or dash < 6:
             raise CollectorParseError(source, lineno, f"too few fields in {line[:60]!r}")
         fstype = fields[dash + 1]
@@ -116,7 +128,9 @@ def parse_mountinfo_cgroups(text: str, source: str = "/proc/self/mountinfo") -> 
             for o in options
             if o not in _V1_NON_CONTROLLER_OPTIONS and ("=" not in o or o.startswith("name="))
         )
-        out.append(CgroupMount(version=1, mount_point=mount_point, root=root, controllers=controllers))
+        out.append(
+            CgroupMount(version=1, mount_point=mount_point, root=root, controllers=controllers)
+        )
     return out
 
 
@@ -193,7 +207,9 @@ def memory_cgroup_of(pid: int | str = "self", proc_root: Path = Path("/proc")) -
     lines = parse_proc_cgroup(cgroup_text, str(pid_dir / "cgroup"))
     mounts = parse_mountinfo_cgroups(mountinfo_text, str(pid_dir / "mountinfo"))
 
-    v1_line = next((ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None)
+    v1_line = next(
+        (ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None
+    )
     v1_mounts = [m for m in mounts if m.version == 1 and "memory" in m.controllers]
     if v1_line is not None and v1_mounts:
         found = _best_mount(v1_mounts, v1_line.path)

@@ -56,7 +56,9 @@ def parse_prometheus_text(text: str) -> dict[str, float]:
     except Exception as e:
         # The parser raises ValueError, but also IndexError/KeyError/TypeError on some
         # malformed inputs; they all mean the same thing to us: not Prometheus text.
-        raise CollectorParseError(_SOURCE, None, f"not Prometheus text format: {type(e).__name__}: {e}") from e
+        raise CollectorParseError(
+            _SOURCE, None, f"not Prometheus text format: {type(e).__name__}: {e}"
+        ) from e
     return out
 
 
@@ -102,14 +104,20 @@ def engine_metrics(text: str) -> EngineMetrics:
             "llamacpp:kv_cache_usage_ratio",
         ),
         requests_running=_sum(
-            raw, "vllm:num_requests_running", "sglang:num_running_reqs", "llamacpp:requests_processing"
+            raw,
+            "vllm:num_requests_running",
+            "sglang:num_running_reqs",
+            "llamacpp:requests_processing",
         ),
         requests_waiting=_sum(
             raw, "vllm:num_requests_waiting", "sglang:num_queue_reqs", "llamacpp:requests_deferred"
         ),
         preemptions_total=_sum(raw, "vllm:num_preemptions_total"),
         prompt_tokens_total=_sum(
-            raw, "vllm:prompt_tokens_total", "sglang:prompt_tokens_total", "llamacpp:prompt_tokens_total"
+            raw,
+            "vllm:prompt_tokens_total",
+            "sglang:prompt_tokens_total",
+            "llamacpp:prompt_tokens_total",
         ),
         generation_tokens_total=_sum(
             raw,

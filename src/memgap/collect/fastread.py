@@ -28,7 +28,9 @@ class FileReader:
     could open the same PID's file of an unrelated new process. With it, a dead
     descriptor reads as None forever."""
 
-    def __init__(self, path: Path | str, *, reopen: bool = True, initial_size_bytes: int = 4096) -> None:
+    def __init__(
+        self, path: Path | str, *, reopen: bool = True, initial_size_bytes: int = 4096
+    ) -> None:
         self.path = Path(path)
         self.reopen = reopen
         self._size = max(initial_size_bytes, 64)

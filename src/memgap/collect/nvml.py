@@ -79,12 +79,24 @@ def _read_device(nvml: ModuleType, index: int) -> GpuReading:
     q = _DeviceQueries(nvml)
     handle = q.ask("handle", lambda: nvml.nvmlDeviceGetHandleByIndex(index))
     if handle is None:
-        return GpuReading(index, None, None, None, None, None, None, tuple(q.not_supported), {}, None, tuple(q.errors))
+        return GpuReading(
+            index=index,
+            name=None,
+            uuid=None,
+            total_bytes=None,
+            used_bytes=None,
+            free_bytes=None,
+            unified_memory=None,
+            not_supported=tuple(q.not_supported),
+            errors=tuple(q.errors),
+        )
     name = q.ask("name", lambda: _text(nvml.nvmlDeviceGetName(handle)))
     uuid = q.ask("uuid", lambda: _text(nvml.nvmlDeviceGetUUID(handle)))
     mem = q.ask("memory_info", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
     mode_value = q.ask("addressing_mode", lambda: nvml.nvmlDeviceGetAddressingMode(handle))
-    addressing_mode = None if mode_value is None else _ADDRESSING_MODES.get(int(mode_value), str(mode_value))
+    addressing_mode = (
+        None if mode_value is None else _ADDRESSING_MODES.get(int(mode_value), str(mode_value))
+    )
 
     processes: dict[int, int | None] = {}
     for query, fn_name in (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FakeHost, fixture_text
 
+from conftest import FakeHost, fixture_text
 from memgap.collect.cgroup import (
     CgroupRef,
     cgroup_pids,
@@ -22,7 +22,9 @@ from memgap.collect.cgroup import (
 from memgap.collect.errors import CollectorParseError
 
 OUR_V1 = "/process_api/d728c4ddb5c7c0aece692e48b9a48996"
-DOCKER_SCOPE = "/system.slice/docker-2bb2c94b0c395fc8fdff9fa4ce364a3be0dd05792145ffc93ce8d665d06521f1.scope"
+DOCKER_SCOPE = (
+    "/system.slice/docker-2bb2c94b0c395fc8fdff9fa4ce364a3be0dd05792145ffc93ce8d665d06521f1.scope"
+)
 K8S = "/kubepods/burstable/pod9dcdb600-4156-4b7b-afcc-f8c06cb0e474/b92a703b826d4494978d810adf100d06c5ade2539b714d984ae3c8fef3449964"
 
 
@@ -101,7 +103,9 @@ def test_hybrid_host_picks_the_v1_memory_hierarchy(host: FakeHost):
     host.add_process("v1host", pid=4242)
     host.cgroup_dir("unified").joinpath("cgroup.controllers").write_text("hugetlb\n")
     ref = memory_cgroup_of(4242, host.proc)
-    assert ref == CgroupRef(version=1, path=host.sys / "sys/fs/cgroup/memory" / OUR_V1.lstrip("/"), relpath=OUR_V1)
+    assert ref == CgroupRef(
+        version=1, path=host.sys / "sys/fs/cgroup/memory" / OUR_V1.lstrip("/"), relpath=OUR_V1
+    )
 
 
 def test_v2_host_docker_scope(host: FakeHost):
@@ -166,7 +170,9 @@ def test_memory_stat_keeps_every_key_in_any_order():
     assert parse_memory_stat(shuffled, "memory.stat") == stat
 
 
-@pytest.mark.parametrize("bad", ["anon 12 kB\n", "anon\n", "anon twelve\n", "anon 1_000\n", "anon ١٢\n"])
+@pytest.mark.parametrize(
+    "bad", ["anon 12 kB\n", "anon\n", "anon twelve\n", "anon 1_000\n", "anon ١٢\n"]
+)
 def test_memory_stat_malformed_line_is_an_error_with_source_and_line(bad):
     with pytest.raises(CollectorParseError) as e:
         parse_memory_stat("file 4096\n" + bad, "/sys/fs/cgroup/x/memory.stat")
@@ -215,7 +221,11 @@ def test_read_v1_uses_hierarchical_totals_and_kmem(host: FakeHost):
 
 def test_read_v1_without_totals_falls_back_to_own_keys(host: FakeHost):
     ref = _v1_ref(host)
-    own = [ln for ln in (ref.path / "memory.stat").read_text().splitlines() if not ln.startswith("total_")]
+    own = [
+        ln
+        for ln in (ref.path / "memory.stat").read_text().splitlines()
+        if not ln.startswith("total_")
+    ]
     (ref.path / "memory.stat").write_text("\n".join(own) + "\n")
     (ref.path / "memory.limit_in_bytes").write_text("536870912\n")
     (ref.path / "memory.kmem.usage_in_bytes").unlink()

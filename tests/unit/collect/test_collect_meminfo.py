@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import fixture_text
 
+from conftest import fixture_text
 from memgap.collect.errors import CollectorParseError
 from memgap.collect.meminfo import parse_meminfo, read_meminfo
 
@@ -38,14 +38,18 @@ def test_raw_keeps_every_key_and_counts_stay_counts():
 
 
 def test_old_kernel_without_memavailable_is_unknown_not_zero():
-    text = "\n".join(ln for ln in fixture_text("proc/v1host/meminfo").splitlines() if "MemAvailable" not in ln)
+    text = "\n".join(
+        ln for ln in fixture_text("proc/v1host/meminfo").splitlines() if "MemAvailable" not in ln
+    )
     m = parse_meminfo(text)
     assert m.available_bytes is None
     assert m.used_bytes is None
     assert m.used_incl_cache_bytes is not None
 
 
-@pytest.mark.parametrize("bad", ["MemFree: lots kB", "MemFree 12 kB", "MemFree: 12 MB", "MemFree: -1 kB"])
+@pytest.mark.parametrize(
+    "bad", ["MemFree: lots kB", "MemFree 12 kB", "MemFree: 12 MB", "MemFree: -1 kB"]
+)
 def test_malformed_line_names_source_and_line(bad):
     with pytest.raises(CollectorParseError, match=r"^/host/proc/meminfo:2: "):
         parse_meminfo("MemTotal: 1 kB\n" + bad + "\n", "/host/proc/meminfo")

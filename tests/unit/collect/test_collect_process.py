@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeHost, fixture_text
 
+from conftest import FakeHost, fixture_text
 from memgap.collect.errors import CollectorParseError
 from memgap.collect.process import (
     ProcessKey,
@@ -29,7 +29,13 @@ KIB = 1024
 
 def test_stat_of_a_real_process():
     st = parse_stat(fixture_text("proc/v1host/stat"), "stat")
-    assert (st.pid, st.comm, st.state, st.ppid, st.start_ticks) == (14847, "sleep", "S", 14834, 313270)
+    assert (st.pid, st.comm, st.state, st.ppid, st.start_ticks) == (
+        14847,
+        "sleep",
+        "S",
+        14834,
+        313270,
+    )
 
 
 def test_stat_comm_with_spaces_and_parentheses():
@@ -44,7 +50,9 @@ def test_stat_of_a_kernel_thread():
     assert (st.pid, st.comm, st.ppid) == (2, "kthreadd", 0)
 
 
-@pytest.mark.parametrize("bad", ["", "12 sleep S 1", "12 (sleep) S 1 2 3", "x (sleep) " + "0 " * 30])
+@pytest.mark.parametrize(
+    "bad", ["", "12 sleep S 1", "12 (sleep) S 1 2 3", "x (sleep) " + "0 " * 30]
+)
 def test_stat_malformed(bad):
     with pytest.raises(CollectorParseError, match="/proc/12/stat"):
         parse_stat(bad, "/proc/12/stat")
@@ -71,7 +79,9 @@ def test_status_of_a_kernel_thread_has_no_memory_fields():
 
 
 def test_status_malformed_memory_line():
-    text = fixture_text("proc/v1host/status").replace("RssAnon:\t     108 kB", "RssAnon:\t108 pages")
+    text = fixture_text("proc/v1host/status").replace(
+        "RssAnon:\t     108 kB", "RssAnon:\t108 pages"
+    )
     with pytest.raises(CollectorParseError, match=r"status:24"):
         parse_status(text, "status")
 
@@ -86,7 +96,11 @@ def test_smaps_rollup():
 
 
 def test_smaps_rollup_before_5_7_has_no_pss_split():
-    text = "\n".join(ln for ln in fixture_text("proc/v1host/smaps_rollup").splitlines() if not ln.startswith("Pss_"))
+    text = "\n".join(
+        ln
+        for ln in fixture_text("proc/v1host/smaps_rollup").splitlines()
+        if not ln.startswith("Pss_")
+    )
     r = parse_smaps_rollup(text, "smaps_rollup")
     assert r.pss_bytes == 223 * KIB and r.pss_anon_bytes is None
 
@@ -98,7 +112,9 @@ def _proc(host: FakeHost, pid: int, ppid: int, start: int, children: str | None 
     d = host.proc / str(pid)
     (d / "task" / str(pid)).mkdir(parents=True)
     (d / "stat").write_text(f"{pid} (p{pid}) S {ppid} " + "0 " * 17 + f"{start} 0 0\n")
-    (d / "status").write_text(fixture_text("proc/v1host/status").replace("Name:\tsleep", f"Name:\tp{pid}"))
+    (d / "status").write_text(
+        fixture_text("proc/v1host/status").replace("Name:\tsleep", f"Name:\tp{pid}")
+    )
     (d / "smaps_rollup").write_text(fixture_text("proc/v1host/smaps_rollup"))
     if children is not None:
         (d / "task" / str(pid) / "children").write_text(children)
@@ -155,7 +171,11 @@ def test_tree_falls_back_to_scanning_ppid_without_children_files(host: FakeHost)
     _proc(host, 103, 101, 13, children=None)
     _proc(host, 200, 1, 14, children=None)
     (host.proc / "self").mkdir()  # non-numeric entries are not processes
-    assert process_tree(100, host.proc) == [ProcessKey(100, 10), ProcessKey(101, 11), ProcessKey(103, 13)]
+    assert process_tree(100, host.proc) == [
+        ProcessKey(100, 10),
+        ProcessKey(101, 11),
+        ProcessKey(103, 13),
+    ]
 
 
 # ---------------------------------------------------------------- the real kernel
