@@ -76,24 +76,27 @@ def own_cgroup() -> Iterator[CgroupRef]:
     parent = memory_cgroup_of("self")
     if parent is None:
         pytest.skip("no memory cgroup controller visible to this process")
+    base_path, base_rel = parent.path, parent.relpath
     if parent.version == 2:
+        # v2's no-internal-processes rule: the cgroup holding this process cannot
+        # hand the memory controller to children, so the test cgroup becomes a sibling
+        # (unless we sit in the root cgroup, which is exempt).
+        if parent.relpath not in ("", "/"):
+            base_path = parent.path.parent
+            base_rel = parent.relpath.rsplit("/", 1)[0] or "/"
         try:
-            controllers = (parent.path / "cgroup.subtree_control").read_text().split()
+            controllers = (base_path / "cgroup.subtree_control").read_text().split()
             if "memory" not in controllers:
-                _write(parent.path / "cgroup.subtree_control", "+memory")
+                _write(base_path / "cgroup.subtree_control", "+memory")
         except OSError as e:
-            # v2's no-internal-processes rule: a cgroup holding processes (ours) cannot
-            # hand the memory controller to children.
-            pytest.skip(f"cannot enable the memory controller under {parent.path}: {e.strerror}")
+            pytest.skip(f"cannot enable the memory controller under {base_path}: {e.strerror}")
     name = f"memgap-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path = parent.path / name
+    path = base_path / name
     try:
         path.mkdir()
     except OSError as e:
-        pytest.skip(f"cannot create a cgroup under {parent.path}: {e.strerror}")
-    ref = CgroupRef(
-        version=parent.version, path=path, relpath=parent.relpath.rstrip("/") + "/" + name
-    )
+        pytest.skip(f"cannot create a cgroup under {base_path}: {e.strerror}")
+    ref = CgroupRef(version=parent.version, path=path, relpath=base_rel.rstrip("/") + "/" + name)
     try:
         yield ref
     finally:
@@ -102,6 +105,10 @@ def own_cgroup() -> Iterator[CgroupRef]:
             # not leave the charge behind (reparented) for the next run.
             with contextlib.suppress(OSError):
                 _write(path / "memory.force_empty", "0")
+        else:
+            # v2 has no force_empty; memory.reclaim (5.19+) does the same job.
+            with contextlib.suppress(OSError):
+                _write(path / "memory.reclaim", str(1 << 40))
         deadline = time.monotonic() + 5
         while path.exists():
             try:

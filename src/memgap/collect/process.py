@@ -170,7 +170,8 @@ def _children_files(pid: int, proc_root: Path) -> list[int] | None:
     try:
         tids = os.listdir(task_dir)
     except OSError:
-        return []  # process gone
+        # Gone mid-walk, or a /proc without task dirs: the ppid scan answers both.
+        return None
     found: list[int] = []
     any_file = False
     for tid in tids:

@@ -88,3 +88,18 @@ def test_own_status_twice():
     with FileReader(f"/proc/{os.getpid()}/status", reopen=False) as r:
         a, b = r.read_text(), r.read_text()
     assert a is not None and b is not None and a.splitlines()[0] == b.splitlines()[0]
+
+
+def test_falls_back_to_lseek_and_read_when_pread_is_refused(tmp_path: Path, monkeypatch):
+    import errno
+
+    f = tmp_path / "memory.events"
+    f.write_text("low 0\nhigh 0\n")
+
+    def no_pread(fd: int, n: int, offset: int) -> bytes:
+        raise OSError(errno.ESPIPE, "Illegal seek")
+
+    monkeypatch.setattr(os, "pread", no_pread)
+    with FileReader(f) as r:
+        assert r.read_text() == "low 0\nhigh 0\n"
+        assert r.read_text() == "low 0\nhigh 0\n"

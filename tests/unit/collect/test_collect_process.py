@@ -216,3 +216,10 @@ def test_real_exited_process_reads_as_none(sleeper):
 
 def test_reads_through_an_injected_root_path_type(tmp_path: Path):
     assert process_key(1, tmp_path) is None
+
+
+def test_tree_without_task_dirs_uses_the_ppid_scan(host: FakeHost):
+    for pid, ppid in ((100, 1), (101, 100), (102, 101)):
+        (host.proc / str(pid)).mkdir()
+        (host.proc / str(pid) / "stat").write_text(f"{pid} (p) S {ppid} " + "0 " * 17 + "7 0 0\n")
+    assert [k.pid for k in process_tree(100, host.proc)] == [100, 101, 102]
