@@ -32,6 +32,7 @@ from memgap.load.spec import WorkloadSpec
 from memgap.memory import memory_summary
 from memgap.sampler import MemorySeries, Sampler, SamplerConfig
 from memgap.store import Store
+from memgap.units import format_bytes
 
 RECORD_VERSION = 1  # the run record's own layout; bump with the store's schema
 LOG_TAIL_LINES = 30
@@ -97,7 +98,7 @@ def wait_ready(
         while True:
             rc = running.poll()
             if rc is not None:
-                raise EngineFailed(f"engine exited with status {rc} before it was ready")
+                raise EngineFailed(DIED_BEFORE_READY)
             try:
                 r = client.get(url)
                 if r.status_code == 200:
@@ -126,12 +127,25 @@ def _metrics_fetcher(url: str) -> Callable[[], str | None]:
     return fetch
 
 
-def _exit_cause(rc: int | None, oom_kills: int | None) -> str:
-    if oom_kills:
-        return f"engine was OOM-killed (exit status {rc}; cgroup oom_kill count {oom_kills})"
-    if rc is not None and rc < 0:
-        return f"engine killed by signal {-rc}"
-    return f"engine exited with status {rc}"
+DIED_BEFORE_READY = "before it was ready"
+DIED_DURING_WORKLOAD = "during the workload"
+
+
+def describe_failure(when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None) -> str:
+    """One line naming what happened to the engine and the evidence for it."""
+    if when not in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD):
+        return when
+    cg = cgroup_final or {}
+    oom = cg.get("oom_kill_count")
+    if oom:
+        limit = cg.get("limit_bytes")
+        lim = f", limit {format_bytes(limit)}" if limit is not None else ""
+        # unshare reports its child's death by SIGKILL as its own exit status 1; the
+        # cgroup's OOM counter is the evidence that the kernel did it.
+        return f"engine was OOM-killed {when} (cgroup oom_kill count {oom}{lim}; exit status {exit_status})"
+    if exit_status is not None and exit_status < 0:
+        return f"engine killed by signal {-exit_status} {when}"
+    return f"engine exited with status {exit_status} {when}"
 
 
 def execute_run(
@@ -190,9 +204,8 @@ def execute_run(
                         obs.request_done(config.environment, rec, done, config.workload.requests)
 
                     workload_result = run_workload_sync(base_url, config.workload, on_record=on_record)
-                    rc = running.poll()
-                    if rc is not None:
-                        raise EngineFailed(f"during the workload: {rc}")
+                    if running.poll() is not None:
+                        raise EngineFailed(DIED_DURING_WORKLOAD)
                     sampler.mark("end")
                 except EngineFailed as e:
                     failure = str(e)
@@ -226,13 +239,8 @@ def execute_run(
             if log_path.exists():
                 log_text = log_path.read_text(errors="replace")
 
-    if failure is not None and failure.startswith("during the workload"):
-        oom = (cgroup_final or {}).get("oom_kill_count")
-        failure = _exit_cause(exit_status, oom) + " during the workload"
-    elif failure is not None and failure.startswith("engine exited with status") and cgroup_final:
-        oom = cgroup_final.get("oom_kill_count")
-        if oom:
-            failure = _exit_cause(exit_status, oom) + " before it was ready"
+    if failure is not None and not interrupted:
+        failure = describe_failure(failure, exit_status, cgroup_final)
 
     report = engine.parse_log(log_text)
     summary = workload_result.summary if workload_result is not None else None

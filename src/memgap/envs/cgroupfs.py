@@ -27,7 +27,7 @@ def child_name(run_id: str, owner_pid: int | None = None) -> str:
 
 
 def _write(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as `echo > file` does; cgroupfs accepts it
     try:
         os.write(fd, value.encode())
     finally:
