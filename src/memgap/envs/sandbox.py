@@ -35,6 +35,7 @@ class _SandboxEngine(RunningEngine):
         self.proc = proc
         self.pid = proc.pid
         self.cgroup = cgroup
+        self._own_cgroup = cgroup
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -43,7 +44,7 @@ class _SandboxEngine(RunningEngine):
         rc = stop_process_group(self.proc, timeout_s)
         # The engine is PID 1 of its namespace only through unshare; whatever is left in
         # the cgroup (a daemonised child, say) is killed too.
-        cgroupfs.kill_all(self.cgroup)
+        cgroupfs.kill_all(self._own_cgroup)
         return rc
 
 
