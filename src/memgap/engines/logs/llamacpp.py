@@ -14,7 +14,8 @@ Format strings, from ggml-org/llama.cpp:
   ``"%s: %10s  output buffer size = %8.2f MiB"``; ``"%s: n_ctx = %u"`` and friends.
 
 A log may hold several server starts (a restart appends to the same file). A start
-begins at common's ``build: N (hash) with ...`` line (``main: build = N`` in older
+begins at common's build line: ``common_params_print_info: build N (hash) with ...``
+(common/common.cpp; ``build: N (hash) with ...`` and ``main: build = N (hash)`` in older
 builds); only the last start is read. Without any build line, a repeated
 ``llama_model_loader: loaded meta data`` header marks a new start (this would misread a
 speculative-decoding draft model as a restart, but llama-server always prints the
@@ -38,7 +39,7 @@ SIGNATURES = (
     re.compile(r"\b(?:model|compute|KV) buffer size = "),
 )
 
-_START_RE = re.compile(r"\bbuild: \d+ \(|\bmain: build = \d+")
+_START_RE = re.compile(r"\bbuild(?:: | = | )\d+ \(")
 _LOADER_RE = re.compile(r"llama_model_loader: loaded meta data with")
 
 _KV_RE = re.compile(
