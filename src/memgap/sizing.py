@@ -106,7 +106,7 @@ def _tokens(budget: int | None, bytes_per_token: int | None) -> int | None:
 
 
 def _free_source(r: MemoryReadings) -> str:
-    return "cudaMemGetInfo free (~MemFree on unified memory)" if r.unified else "cudaMemGetInfo free"
+    return "MemFree (cudaMemGetInfo free)" if r.unified else "cudaMemGetInfo free"
 
 
 def trtllm_pytorch(r: MemoryReadings, c: EngineCosts, *, fraction: float | None = None,
@@ -130,7 +130,7 @@ def trtllm_cpp(r: MemoryReadings, c: EngineCosts, *, fraction: float | None = No
     f = _check_fraction(DEFAULT_FRACTIONS["trtllm-cpp"] if fraction is None else fraction)
     free_after_load = r.free_bytes - c.weights_bytes - c.activation_peak_bytes - c.non_torch_bytes
     budget = max(int(free_after_load * f), 0)
-    source = "sysinfo().freeram (MemFree) with UVM" if r.unified else "cudaMemGetInfo free"
+    source = "MemFree (sysinfo freeram, UVM)" if r.unified else "cudaMemGetInfo free"
     return KvBudget(
         engine="trtllm", rule="trtllm-cpp", formula="fraction * free after loading",
         memory_source=source, fraction=f, kv_budget_bytes=budget,
@@ -156,7 +156,7 @@ def vllm(r: MemoryReadings, c: EngineCosts, *, fraction: float | None = None,
     return KvBudget(
         engine="vllm", rule="vllm",
         formula="total * gpu_memory_utilization - (weights + activation peak + non-torch)",
-        memory_source=f"cudaMemGetInfo total; start-up check against {check_source}",
+        memory_source=f"total; start-up checks {check_source}",
         fraction=f, kv_budget_bytes=budget, kv_tokens=_tokens(budget, bytes_per_token), note=note,
         inputs=MappingProxyType({"total_bytes": r.total_bytes, "requested_bytes": requested,
                                  "startup_free_bytes": startup_free}),

@@ -101,3 +101,51 @@ def test_gguf_metadata_variants() -> None:
            "g.attention.key_length": 128, "g.attention.sliding_window": 512,
            "g.attention.sliding_window_pattern": [True, True, False, True, True, False]}
     assert gguf_layout(swa, "g").swa_layers == 4
+
+
+def _write_gguf(path: Path) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_block_count(6)
+    w.add_uint32("gemma3.attention.head_count", 8)
+    w.add_uint32("gemma3.attention.head_count_kv", 4)
+    w.add_uint32("gemma3.attention.key_length", 256)
+    w.add_uint32("gemma3.attention.value_length", 256)
+    w.add_uint32("gemma3.attention.sliding_window", 1024)
+    w.add_array("gemma3.attention.sliding_window_pattern", [True, True, True, True, True, False])
+    w.add_uint64("gemma3.context_length", 131072)
+    w.add_float32("gemma3.rope.freq_base", 10000.0)
+    w.add_string("general.name", "tiny ✓")
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(5000)])
+    w.add_array("tokenizer.ggml.scores", [0.5] * 5000)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+
+def test_own_gguf_header_reader_agrees_with_gguf_package(tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    from memgap.modelcfg import read_gguf_metadata
+
+    p = tmp_path / "tiny.gguf"
+    _write_gguf(p)
+    ours = read_gguf_metadata(p)
+    theirs = {name: f.contents() for name, f in GGUFReader(p).fields.items() if not name.startswith("GGUF.")}
+    for key, value in ours.items():
+        assert theirs[key] == pytest.approx(value) if isinstance(value, float) else theirs[key] == value
+    assert "tokenizer.ggml.tokens" not in ours  # long tokenizer arrays are skipped, not decoded
+    assert set(theirs) - set(ours) == {"tokenizer.ggml.tokens", "tokenizer.ggml.scores"}
+    m = read_model_config(p)
+    assert (m.layout.layers, m.layout.swa_layers, m.layout.window, m.max_context) == (6, 5, 1024, 131072)
+    assert m.name == "tiny ✓"
+
+
+def test_truncated_gguf_is_a_usage_error(tmp_path: Path) -> None:
+    p = tmp_path / "tiny.gguf"
+    _write_gguf(p)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(UsageError, match="not a readable GGUF"):
+        read_model_config(cut)

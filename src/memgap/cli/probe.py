@@ -2,12 +2,116 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from memgap.errors import UsageError
+from memgap.kv import kv_dtype
+from memgap.modelcfg import read_model_config
+from memgap.probe import Assumptions, ProbeResult, evaluate, gather
+from memgap.units import format_bytes, parse_size
 
 
-def probe() -> None:
-    """Work in progress."""
-    raise typer.Exit(code=2)
+def probe(
+    weights_bytes: Annotated[str | None, typer.Option(
+        "--weights-bytes", "-w", help="Model weights (e.g. 15.2GiB); default: from --model.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="config.json / model directory / .gguf: weights and KV bytes per token.")] = None,
+    kv_dtype_name: Annotated[str | None, typer.Option("--kv-dtype", help="KV cache type (default: the model's).")] = None,
+    context: Annotated[int | None, typer.Option(help="n_ctx for llama.cpp's --fit rule.")] = None,
+    activation: Annotated[str, typer.Option(
+        "--activation-bytes", help="Activation peak during profiling (assumed).")] = "0",
+    non_torch: Annotated[str, typer.Option(
+        "--non-torch-bytes", help="CUDA context, NCCL, graphs (assumed).")] = "0",
+    fraction: Annotated[list[float] | None, typer.Option(
+        "--fraction", "-f", help="What-if memory fraction for every rule (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+    nvml: Annotated[bool, typer.Option("--nvml/--no-nvml", help="Read GPUs through NVML.")] = True,
+    torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Ask torch.cuda.mem_get_info.")] = True,
+    proc_root: Annotated[Path, typer.Option(help="procfs to read (a container's, or a test tree).")] = Path("/proc"),
+) -> None:
+    """Read host memory, this cgroup and the GPUs now, and apply each engine's KV rule."""
+    for f in fraction or ():
+        if not 0 < f <= 1:
+            raise UsageError(f"--fraction must be in (0, 1] (got {f})")
+    weights, source, bpt = _weights_and_bpt(weights_bytes, model, kv_dtype_name)
+    a = Assumptions(
+        weights_bytes=weights, weights_source=source,
+        activation_peak_bytes=parse_size(activation, what="--activation-bytes"),
+        non_torch_bytes=parse_size(non_torch, what="--non-torch-bytes"),
+        bytes_per_token=bpt, n_ctx=context, fractions=tuple(fraction or ()),
+    )
+    try:
+        measured = gather(proc_root, use_nvml=nvml, use_torch=torch)
+    except OSError as e:
+        raise UsageError(f"cannot read {proc_root}/meminfo: {e.strerror or e}") from e
+    result = evaluate(measured, a)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print(result)
+
+
+def _weights_and_bpt(weights_text: str | None, model: Path | None,
+                     dtype_name: str | None) -> tuple[int, str, int | None]:
+    bpt: int | None = None
+    weights: int | None = None
+    source = "assumed"
+    if model is not None:
+        cfg = read_model_config(model)
+        bpt = cfg.layout.bytes_per_token(kv_dtype(dtype_name or cfg.dtype or "f16"))
+        if cfg.weights_bytes is not None:
+            weights, source = cfg.weights_bytes, f"model files ({model})"
+    elif dtype_name is not None:
+        raise UsageError("--kv-dtype needs --model")
+    if weights_text is not None:
+        weights, source = parse_size(weights_text, what="--weights-bytes"), "--weights-bytes"
+    return (weights or 0), source, bpt
+
+
+def _b(v: int | None) -> str:
+    return format_bytes(v, precision=2)
+
+
+def _print(result: ProbeResult) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    m = result.measured
+    mi = m.meminfo
+    out.print("measured here:", markup=False)
+    out.print(f"  /proc/meminfo  MemTotal {_b(mi.total_bytes)}  MemFree {_b(mi.free_bytes)}  "
+              f"MemAvailable {_b(mi.available_bytes)}  Cached {_b(mi.cached_bytes)}  Shmem {_b(mi.shmem_bytes)}",
+              markup=False)
+    if m.cgroup is not None:
+        limit = "no limit" if m.cgroup.limit_bytes is None else _b(m.cgroup.limit_bytes)
+        out.print(f"  cgroup v{m.cgroup.version}      usage {_b(m.cgroup.usage_bytes)}  limit {limit}  "
+                  f"({m.cgroup_path})", markup=False)
+    for g in m.gpus:
+        out.print(f"  GPU {g.index}          {g.name}: total {_b(g.total_bytes)}  free {_b(g.free_bytes)}"
+                  + ("  (unified memory)" if g.unified_memory else ""), markup=False)
+    if not m.gpus:
+        out.print(f"  GPUs           none ({m.gpus_unavailable})", markup=False)
+    a = result.assumptions
+    out.print(f"assumed: weights {_b(a.weights_bytes)} ({a.weights_source}), activation peak "
+              f"{_b(a.activation_peak_bytes)}, non-torch {_b(a.non_torch_bytes)}"
+              + (f", KV {a.bytes_per_token:,} B/token" if a.bytes_per_token else ""), markup=False)
+    for s in result.scenarios:
+        table = Table(title=f"{s.name}: {s.description}", title_justify="left", box=None)
+        for col in ("rule", "fraction", "KV budget", "tokens", "reads", "note"):
+            table.add_column(col, justify="right" if col in ("fraction", "KV budget", "tokens") else "left")
+        for b in s.budgets:
+            table.add_row(b.rule, "-" if b.fraction is None else f"{b.fraction:g}", _b(b.kv_budget_bytes),
+                          "-" if b.kv_tokens is None else f"{b.kv_tokens:,}", b.memory_source, b.note or "")
+        out.print()
+        out.print(table)
+        for note in s.notes:
+            out.print(f"  note: {note}", markup=False)
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,75 @@
+"""``memgap probe`` through ``main(argv)``: on a fake procfs and on this machine's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memgap.cli.main import main
+from memgap.collect.meminfo import read_meminfo
+
+MiB, GiB = 1 << 20, 1 << 30
+MODELS = Path(__file__).parents[2] / "fixtures" / "models"
+
+
+def fake_proc(tmp_path: Path, free_kb: int = 17709676) -> Path:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "meminfo").write_text(
+        f"MemTotal:       24684092 kB\nMemFree:        {free_kb} kB\nMemAvailable:   22551928 kB\n"
+        "Buffers:           39536 kB\nCached:          4783772 kB\nShmem:              8940 kB\n"
+        "Mapped:           310268 kB\n")
+    return proc
+
+
+def probe_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: ignore[type-arg]
+    assert main(["probe", "--no-nvml", "--no-torch", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_fake_procfs_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = probe_json(capsys, "--proc-root", str(fake_proc(tmp_path)), "--model",
+                     str(MODELS / "deepseek-r1-distill-qwen-7b"), "--weights-bytes", "15.23GiB", "-f", "0.5")
+    assert out["assumed"]["bytes_per_token"] == 57344
+    assert out["assumed"]["weights_bytes"] == round(15.23 * GiB)
+    assert out["assumed"]["weights_source"] == "--weights-bytes"
+    assert out["measured"]["meminfo"]["free_bytes"] == 17709676 * 1024
+    assert out["measured"]["cgroup"] is None  # no /proc/self/cgroup in the fake tree
+    uni = out["scenarios"][0]
+    assert uni["name"] == "unified" and uni["measured"] is True
+    trt = [b for b in uni["budgets"] if b["rule"] == "trtllm-pytorch"]
+    assert [b["fraction"] for b in trt] == [0.9, 0.5]
+    assert trt[0]["kv_budget_bytes"] == int((17709676 * 1024 - round(15.23 * GiB)) * 0.9)
+
+
+def test_text_output_says_measured_and_assumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--no-nvml", "--no-torch", "--proc-root", str(fake_proc(tmp_path)),
+                 "--weights-bytes", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "measured here:" in out and "assumed: weights 1.00 GiB (--weights-bytes)" in out
+    assert "trtllm-pytorch" in out and "MemFree" in out and "MemAvailable" in out
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--no-nvml", "-f", "1.5"]) == 2
+    assert main(["probe", "--no-nvml", "--kv-dtype", "q8_0"]) == 2
+    assert main(["probe", "--no-nvml", "--proc-root", str(tmp_path)]) == 2
+    assert "meminfo" in capsys.readouterr().err
+
+
+def test_consistent_with_proc_meminfo_read_at_the_same_moment(capsys: pytest.CaptureFixture[str]) -> None:
+    before = read_meminfo()
+    out = probe_json(capsys, "--weights-bytes", "0")
+    after = read_meminfo()
+    mi = out["measured"]["meminfo"]
+    assert mi["total_bytes"] == before.total_bytes == after.total_bytes
+    slack = 256 * MiB  # other processes on a busy machine
+    for key in ("free_bytes", "available_bytes", "cached_bytes"):
+        lo = min(getattr(before, key), getattr(after, key)) - slack
+        hi = max(getattr(before, key), getattr(after, key)) + slack
+        assert lo <= mi[key] <= hi, key
+    uni = out["scenarios"][0]
+    assert uni["readings"]["free_bytes"] == mi["free_bytes"]
+    assert uni["readings"]["available_bytes"] == mi["available_bytes"]
