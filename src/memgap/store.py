@@ -4,6 +4,10 @@ crash mid-run loses at most that run.
 Schema versions (bump ``SCHEMA_VERSION`` and list the change here; ``_migrate`` reads
 every older version):
   1 -- runs, engine_logs, requests, memory_series (2026-11).
+  2 -- studies (one row per experiment file: its plan and fingerprint) and study_runs
+       (one row per attempt at a planned run: started / finished / interrupted, the
+       run it produced, cooldown and page-cache actions) so a study can resume
+       (2026-11). Version-1 stores gain the two empty tables.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from memgap.errors import StoreError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +59,28 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE TABLE IF NOT EXISTS memory_series (
     run_id TEXT PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
     series TEXT NOT NULL           -- JSON: columns, marks, watermarks (memgap.sampler.MemorySeries)
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    experiment_path TEXT,
+    fingerprint TEXT NOT NULL,     -- digest of the plan-relevant settings
+    plan TEXT NOT NULL             -- JSON: the settings the fingerprint covers
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study_id TEXT NOT NULL REFERENCES studies (study_id) ON DELETE CASCADE,
+    plan_index INTEGER NOT NULL,   -- position in the study's plan
+    attempt INTEGER NOT NULL,      -- 1, 2, ... (an interrupted attempt is redone)
+    block INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    cell TEXT NOT NULL,            -- JSON: model, environment, variant
+    status TEXT NOT NULL CHECK (status IN ('started', 'finished', 'interrupted')),
+    run_id TEXT,                   -- the run it produced, when there is one
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    note TEXT,
+    actions TEXT,                  -- JSON: cooldown wait, page-cache policy applied
+    PRIMARY KEY (study_id, plan_index, attempt)
 );
 """
 
@@ -114,8 +140,13 @@ class Store:
         if version < SCHEMA_VERSION:
             self._migrate(version)
 
-    def _migrate(self, from_version: int) -> None:  # pragma: no cover - no older version yet
-        raise StoreError(f"{self.path}: no migration from schema version {from_version}")
+    def _migrate(self, from_version: int) -> None:
+        if from_version == 1:
+            # 1 -> 2 only adds tables, which _SCHEMA has just created.
+            with self._tx():
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            return
+        raise StoreError(f"{self.path}: no migration from schema version {from_version}")  # pragma: no cover
 
     @property
     def schema_version(self) -> int:
@@ -241,6 +272,54 @@ class Store:
             d["warmup"] = bool(d["warmup"])
             out.append(d)
         return out
+
+    # -- studies (schema 2) ----------------------------------------------------------------
+
+    def study(self, study_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["plan"] = json.loads(d["plan"])
+        return d
+
+    def add_study(self, study_id: str, *, created_at: str, experiment_path: str | None,
+                  fingerprint: str, plan: Mapping[str, Any]) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO studies (study_id, created_at, experiment_path, fingerprint, plan) VALUES (?,?,?,?,?)",
+                (study_id, created_at, experiment_path, fingerprint, json.dumps(plan, sort_keys=True)),
+            )
+
+    def study_runs(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM study_runs" + (" WHERE study_id = ?" if study_id else "") + \
+            " ORDER BY study_id, plan_index, attempt"
+        out = []
+        for r in self.db.execute(sql, (study_id,) if study_id else ()):
+            d = dict(r)
+            d["cell"] = json.loads(d["cell"])
+            d["actions"] = json.loads(d["actions"]) if d["actions"] else None
+            out.append(d)
+        return out
+
+    def start_study_run(self, study_id: str, *, plan_index: int, attempt: int, block: int, iteration: int,
+                        cell: Mapping[str, Any], started_at: str, actions: Mapping[str, Any] | None) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO study_runs (study_id, plan_index, attempt, block, iteration, cell, status,"
+                " started_at, actions) VALUES (?,?,?,?,?,?, 'started', ?, ?)",
+                (study_id, plan_index, attempt, block, iteration, json.dumps(cell, sort_keys=True),
+                 started_at, json.dumps(actions) if actions is not None else None),
+            )
+
+    def end_study_run(self, study_id: str, *, plan_index: int, attempt: int, status: str,
+                      run_id: str | None, ended_at: str, note: str | None = None) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE study_runs SET status = ?, run_id = ?, ended_at = ?, note = ?"
+                " WHERE study_id = ? AND plan_index = ? AND attempt = ?",
+                (status, run_id, ended_at, note, study_id, plan_index, attempt),
+            )
 
     @staticmethod
     def _row(r: sqlite3.Row) -> StoredRun:

@@ -1,0 +1,150 @@
+"""``memgap compare [SELECTORS]``: environments against each other, per model, with
+intervals, tests and quality findings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memgap.errors import UsageError
+from memgap.report.compare import DEFAULT_MARGIN, compare_runs, compare_sets
+from memgap.report.metrics import BY_NAME, METRICS, Metric, metric
+from memgap.selectors import parse_selector, select_runs
+from memgap.store import Store, StoredRun, open_store
+
+
+def parse_margin(text: str) -> float:
+    """'5%' or '0.05' -> 0.05 (a fraction of the baseline mean)."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"--margin: {text!r} is not a fraction (0.05) or a percentage (5%)") from None
+    if not (0 <= value < 1):
+        raise UsageError(f"--margin: must be in [0, 100%), got {text!r}")
+    return value
+
+
+def study_annotations(st: Store) -> tuple[dict[str, int], list[str]]:
+    """Iteration numbers of study runs, and the runs a study recorded as interrupted."""
+    iterations: dict[str, int] = {}
+    excluded: list[str] = []
+    for row in st.study_runs():
+        if row["run_id"] is None:
+            continue
+        if row["status"] == "finished":
+            iterations[row["run_id"]] = row["iteration"]
+        elif row["status"] == "interrupted":
+            excluded.append(row["run_id"])
+    return iterations, excluded
+
+
+def selected_runs(st: Store, selectors: Sequence[str]) -> list[list[StoredRun]]:
+    """One list of runs per selector (failed runs included: the checks report them);
+    with no selector, every run in the store."""
+    if not selectors:
+        runs = st.runs()
+        if not runs:
+            raise UsageError(f"no runs in {st.path}: run `memgap run` or `memgap import` first")
+        return [runs]
+    return [select_runs(st, parse_selector(s)) for s in selectors]
+
+
+def build_comparison(
+    st: Store, selectors: Sequence[str], *, metrics: Sequence[Metric], margin: float, alpha: float, seed: int
+) -> dict[str, Any]:
+    if len(selectors) > 2:
+        raise UsageError("compare takes at most two selectors (A and B); use key=value,key=value to narrow one")
+    sets = selected_runs(st, selectors)
+    iterations, excluded = study_annotations(st)
+    if len(sets) == 1:
+        out = compare_runs(sets[0], metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                           iterations=iterations, excluded=excluded)
+    else:
+        skip = set(excluded)
+        a = [r for r in sets[0] if r.run_id not in skip]
+        b = [r for r in sets[1] if r.run_id not in skip]
+        rows = compare_sets(a, b, metrics=metrics, margin=margin, alpha=alpha, seed=seed)
+        label = f"{selectors[0]} vs {selectors[1]}"
+        both = {r.run_id: r for r in [*a, *b]}
+        full = compare_runs(list(both.values()), metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                            iterations=iterations)
+        for row in rows:
+            row["a"]["environment"], row["b"]["environment"] = selectors[0], selectors[1]
+        out = {**full, "groups": [{"model": label, "a": selectors[0], "b": selectors[1],
+                                   "runs": {selectors[0]: len(a), selectors[1]: len(b)}, "metrics": rows}]}
+    out["store"] = str(st.path)
+    out["selectors"] = list(selectors)
+    return out
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def render_terminal(out: dict[str, Any], console: Console) -> None:
+    for g in out["groups"]:
+        if g["b"] is None:
+            console.print(f"[bold]{g['model']}[/bold]: only {g['a']} ({g['runs'][g['a']]} runs); nothing to compare")
+            continue
+        t = Table(title=f"{g['model']}: {g['b']} vs {g['a']}", title_justify="left")
+        for col in ("metric", g["a"], g["b"], "difference [95% CI]", "p (Holm)", "g", "verdict"):
+            t.add_column(col, overflow="fold")
+        for m in g["metrics"]:
+            mt = BY_NAME[m["metric"]]
+            a, b, d = m["a"], m["b"], m["difference"]
+            ci = d["ci95"]
+            ci_s = f" [{mt.format(ci[0])}, {mt.format(ci[1])}]" if ci else ""
+            rel = f" ({100 * d['relative']:+.1f}%)" if d["relative"] is not None else ""
+            colour = {"different": "red", "equivalent": "green"}.get(m["verdict"], "yellow")
+            t.add_row(
+                f"{m['metric']} ({mt.unit})" if mt.unit not in ("bytes", "s") else m["metric"],
+                f"{mt.format(a['mean'])} ± {mt.format(a['sd'])} (n={a['n']})",
+                f"{mt.format(b['mean'])} ± {mt.format(b['sd'])} (n={b['n']})",
+                f"{mt.format(d['mean'])}{rel}{ci_s}",
+                _fmt_p(m["p_holm"]),
+                "-" if m["effect_size"] is None else f"{m['effect_size']:+.2f}",
+                f"[{colour}]{m['verdict']}[/{colour}]",
+            )
+        console.print(t)
+    if out["findings"]:
+        console.print("[bold]Findings[/bold]")
+        for f in out["findings"]:
+            colour = "red" if f["severity"] == "error" else "yellow"
+            console.print(f"[{colour}]{f['severity']}[/{colour}] {f['check']}: {f['message']}", markup=True, highlight=False)
+            console.print(f"    advice: {f['advice']}", markup=False, highlight=False)
+
+
+def compare_command(
+    selectors: Annotated[list[str] | None, typer.Argument(help="Run selectors: none (every run, per model), one (narrow), or two (A vs B). RUN_ID or key=value[,key=value].")] = None,
+    store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
+    metric_names: Annotated[list[str] | None, typer.Option("--metric", help=f"Metric to compare, repeatable (default: every metric with data; known: {', '.join(BY_NAME)}).")] = None,
+    margin: Annotated[str, typer.Option(help="Equivalence margin, a fraction of the baseline mean (5% or 0.05).")] = f"{DEFAULT_MARGIN:.0%}",
+    alpha: Annotated[float, typer.Option(help="Significance level (Holm-corrected across metrics).")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare environments per model: n, mean, median, sd; difference with a bootstrap 95% interval; Welch and Mann-Whitney tests, Holm-corrected; Hedges' g; verdicts; quality findings."""
+    if not (0 < alpha < 1):
+        raise UsageError(f"--alpha must be in (0, 1), got {alpha}")
+    metrics = [metric(n) for n in metric_names] if metric_names else list(METRICS)
+    if not store.exists():
+        raise UsageError(f"--store: {store} does not exist")
+    with open_store(store) as st:
+        out = build_comparison(st, selectors or [], metrics=metrics, margin=parse_margin(margin), alpha=alpha, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    render_terminal(out, Console(highlight=False, soft_wrap=False, width=200))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_command)

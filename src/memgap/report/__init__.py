@@ -1,0 +1,1 @@
+"""Comparisons and reports built from the store: aggregate first (pure), then render."""

@@ -1,0 +1,169 @@
+"""Environments compared per model: the numbers behind ``memgap compare`` and reports.
+
+Pure: takes stored runs, returns a JSON-ready dict (``COMPARE_SCHEMA``). Differences are
+``b - a`` where ``a`` is the baseline environment (``native`` when present)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memgap.quality import Observation, check_power, run_checks
+from memgap.report.metrics import METRICS, Metric
+from memgap.stats import (
+    bootstrap_diff_ci,
+    hedges_g,
+    holm,
+    mann_whitney_p,
+    runs_to_detect,
+    summarize,
+    welch_p,
+)
+from memgap.store import StoredRun
+
+COMPARE_SCHEMA = "memgap.compare/1"
+DEFAULT_MARGIN = 0.05  # equivalence margin: 5% of the baseline mean
+BASELINE_ENVIRONMENTS = ("native",)
+
+
+def iteration_of(run: StoredRun, iterations: Mapping[str, int] | None = None) -> int | None:
+    if iterations and run.run_id in iterations:
+        return iterations[run.run_id]
+    for src in (run.record, run.record.get("source_info") or {}, run.record.get("study") or {}):
+        it = src.get("iteration") if isinstance(src, Mapping) else None
+        if isinstance(it, int) and not isinstance(it, bool):
+            return it
+    return None
+
+
+def observations(
+    runs: Sequence[StoredRun], metrics: Sequence[Metric] = METRICS, iterations: Mapping[str, int] | None = None
+) -> list[Observation]:
+    return [
+        Observation(
+            run_id=r.run_id,
+            model=r.model or "-",
+            environment=r.environment,
+            time=r.created_at,
+            status=r.status,
+            iteration=iteration_of(r, iterations),
+            values={m.name: m.read(r.record) for m in metrics},
+        )
+        for r in runs
+    ]
+
+
+def baseline_first(environments: Sequence[str]) -> list[str]:
+    envs = sorted(set(environments))
+    return sorted(envs, key=lambda e: (e not in BASELINE_ENVIRONMENTS, envs.index(e)))
+
+
+def compare_metric(
+    metric: Metric, a: Sequence[float | None], b: Sequence[float | None], *,
+    margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
+) -> dict[str, Any] | None:
+    """One metric, two groups; None when either group has no value for it."""
+    sa, sb = summarize(a), summarize(b)
+    if sa.n == 0 or sb.n == 0 or sa.mean is None or sb.mean is None:
+        return None
+    xa = [float(v) for v in a if v is not None]
+    xb = [float(v) for v in b if v is not None]
+    diff = sb.mean - sa.mean
+    ci = bootstrap_diff_ci(xa, xb, seed=seed)
+    sds = [s for s in (sa.sd, sb.sd) if s is not None]
+    pooled = (sum(s * s for s in sds) / len(sds)) ** 0.5 if sds else None
+    return {
+        "metric": metric.name,
+        "unit": metric.unit,
+        "description": metric.description,
+        "a": sa.to_dict(),
+        "b": sb.to_dict(),
+        "difference": {
+            "mean": diff,
+            "relative": diff / abs(sa.mean) if sa.mean else None,
+            "ci95": list(ci) if ci is not None else None,
+        },
+        "p_value": welch_p(xa, xb),
+        "p_mann_whitney": mann_whitney_p(xa, xb),
+        "p_holm": None,  # filled in across the metrics of one comparison
+        "effect_size": hedges_g(xa, xb),
+        "effect_size_kind": "hedges_g",
+        "margin": margin * abs(sa.mean),
+        "runs_needed": runs_to_detect(diff, pooled, alpha=alpha) if pooled is not None and diff else None,
+        "verdict": None,
+    }
+
+
+def _verdict(m: dict[str, Any], alpha: float) -> str:
+    """equivalent: the whole 95% interval lies within the margin; different: Holm-adjusted
+    Welch p below alpha; otherwise inconclusive."""
+    ci = m["difference"]["ci95"]
+    if ci is not None and -m["margin"] <= ci[0] and ci[1] <= m["margin"]:
+        return "equivalent"
+    if m["p_holm"] is not None and m["p_holm"] < alpha:
+        return "different"
+    return "inconclusive"
+
+
+def compare_sets(
+    a_runs: Sequence[StoredRun], b_runs: Sequence[StoredRun], *,
+    metrics: Sequence[Metric] = METRICS, margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
+) -> list[dict[str, Any]]:
+    ok_a = [r for r in a_runs if r.status == "ok"]
+    ok_b = [r for r in b_runs if r.status == "ok"]
+    rows = []
+    for m in metrics:
+        c = compare_metric(m, [m.read(r.record) for r in ok_a], [m.read(r.record) for r in ok_b],
+                           margin=margin, alpha=alpha, seed=seed)
+        if c is not None:
+            rows.append(c)
+    for row, p in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_holm"] = p
+        row["verdict"] = _verdict(row, alpha)
+    return rows
+
+
+def compare_runs(
+    runs: Sequence[StoredRun], *,
+    metrics: Sequence[Metric] = METRICS, margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
+    iterations: Mapping[str, int] | None = None, excluded: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Per model, every environment against the baseline; plus the quality findings.
+    ``excluded`` run ids (e.g. runs a study recorded as interrupted and redid) are left
+    out of the statistics and of the checks."""
+    skip = set(excluded)
+    runs = [r for r in runs if r.run_id not in skip]
+    by_model: dict[str, list[StoredRun]] = defaultdict(list)
+    for r in runs:
+        by_model[r.model or "-"].append(r)
+    groups: list[dict[str, Any]] = []
+    flat: list[dict[str, Any]] = []
+    for model in sorted(by_model):
+        rs = by_model[model]
+        envs = baseline_first([r.environment for r in rs])
+        for eb in envs[1:]:
+            ea = envs[0]
+            rows = compare_sets([r for r in rs if r.environment == ea], [r for r in rs if r.environment == eb],
+                                metrics=metrics, margin=margin, alpha=alpha, seed=seed)
+            for row in rows:
+                row["a"]["environment"], row["b"]["environment"] = ea, eb
+                flat.append({**row, "model": model})
+            groups.append({
+                "model": model, "a": ea, "b": eb,
+                "runs": {ea: sum(r.environment == ea for r in rs), eb: sum(r.environment == eb for r in rs)},
+                "metrics": rows,
+            })
+        if len(envs) == 1:
+            groups.append({"model": model, "a": envs[0], "b": None,
+                           "runs": {envs[0]: len(rs)}, "metrics": []})
+    obs = observations(runs, metrics, iterations)
+    findings = run_checks(obs, [m.name for m in metrics]) + check_power(flat, alpha=alpha)
+    return {
+        "schema": COMPARE_SCHEMA,
+        "alpha": alpha,
+        "margin_relative": margin,
+        "bootstrap_seed": seed,
+        "groups": groups,
+        "findings": [f.to_dict() for f in findings],
+    }
