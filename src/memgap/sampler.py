@@ -37,6 +37,9 @@ CGROUP_COLUMNS = (
     "cgroup_file_bytes",
     "cgroup_shmem_bytes",
     "cgroup_file_mapped_bytes",
+    # Kernel memory charged to the cgroup: v2 memory.stat ``kernel`` (5.18+; the sum of
+    # its parts before), v1 memory.kmem.usage_in_bytes. v1 usage_in_bytes includes it.
+    "cgroup_kmem_bytes",
 )
 PROCESS_COLUMNS = (
     "process_rss_bytes",
@@ -100,7 +103,9 @@ class MemorySeries:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MemorySeries:
         s = cls(rate_hz=float(d["rate_hz"]))
-        s.columns = {c: list(d["columns"].get(c, [])) for c in COLUMNS}
+        n = len(d["columns"].get("t_s", []))
+        # A column added after the series was stored reads as not measured (None).
+        s.columns = {c: list(d["columns"].get(c, [None] * n)) for c in COLUMNS}
         s.marks = dict(d.get("marks", {}))
         s.host_total_bytes = d.get("host_total_bytes")
         s.kernel_cgroup_peak_bytes = d.get("kernel_cgroup_peak_bytes")
@@ -116,6 +121,17 @@ def _stat_get(stat: Mapping[str, int], version: int, v2: str, v1: tuple[str, ...
         if k in stat:
             return stat[k]
     return None
+
+
+_V2_KERNEL_PARTS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock", "vmalloc", "slab")
+
+
+def _v2_kernel(stat: Mapping[str, int]) -> int | None:
+    """v2 ``kernel`` (Linux 5.18+), or the sum of its parts on older kernels."""
+    if "kernel" in stat:
+        return stat["kernel"]
+    parts = [stat[k] for k in _V2_KERNEL_PARTS if k in stat]
+    return sum(parts) if parts else None
 
 
 class Sampler:
@@ -148,10 +164,13 @@ class Sampler:
         self._meminfo = FileReader(proc_root / "meminfo")
         self._cg_usage: FileReader | None = None
         self._cg_stat: FileReader | None = None
+        self._cg_kmem: FileReader | None = None
         if cgroup is not None:
             usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
             self._cg_usage = FileReader(cgroup.path / usage)
             self._cg_stat = FileReader(cgroup.path / "memory.stat")
+            if cgroup.version == 1:
+                self._cg_kmem = FileReader(cgroup.path / "memory.kmem.usage_in_bytes")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -186,7 +205,7 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        for r in (self._meminfo, self._cg_usage, self._cg_stat):
+        for r in (self._meminfo, self._cg_usage, self._cg_stat, self._cg_kmem):
             if r is not None:
                 r.close()
         if self._hwm:
@@ -263,6 +282,12 @@ class Sampler:
         row["cgroup_file_bytes"] = _stat_get(stat, v, "file", ("total_cache", "cache"))
         row["cgroup_shmem_bytes"] = _stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
         row["cgroup_file_mapped_bytes"] = _stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
+        if v == 2:
+            row["cgroup_kmem_bytes"] = _v2_kernel(stat)
+        elif self._cg_kmem is not None:
+            kmem = self._cg_kmem.read_text()
+            if kmem is not None and kmem.strip().isdigit():
+                row["cgroup_kmem_bytes"] = int(kmem)
 
     def _sample_processes(self, row: dict[str, Any], t: float) -> None:
         if t - self._tree_at >= self.config.tree_refresh_s or not self._tree:
