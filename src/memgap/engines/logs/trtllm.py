@@ -18,6 +18,12 @@ Format strings, from NVIDIA/TensorRT-LLM:
   ``"Number of tokens per block: %d."``, ``"Number of blocks in KV cache primary pool: %d"``,
   ``"Memory usage when calculating max tokens in paged kv cache: total: %0.2f GiB, available: %0.2f GiB"``.
 - checkpoint loading: ``f"Prefetching {x:.2f}GB checkpoint files."`` (``1024**3`` bytes).
+- trtllm-bench's report (tensorrt_llm/bench/dataclasses/reporting.py), tab-aligned
+  ``key:<tabs/spaces>value`` lines: ``Request Throughput (req/sec):``, ``Total Output
+  Throughput (tokens/sec):`` (older: ``Token Throughput (tokens/sec):``, which counted
+  output tokens), ``Total Token Throughput (tokens/sec):``, ``Total Latency (ms):``
+  (older: ``(seconds)``), ``Number of requests:``, ``KV Memory Percentage: 90.00%``,
+  ``TensorRT-LLM Version:`` (also ``TensorRT LLM Version:``).
 
 The PyTorch backend first allocates a small temporary KV cache to profile with, then
 the real one: both print ``[MemUsageChange] Allocated``, so the last such line is the
@@ -59,6 +65,19 @@ _CALC_RE = re.compile(
 _BLOCKS_RE = re.compile(r"Number of blocks in KV cache primary pool: (\d+)")
 _PER_BLOCK_RE = re.compile(r"Number of tokens per block: (\d+)")
 _PREFETCH_RE = re.compile(rf"Prefetching ({NUM}) ?GB checkpoint files")
+
+# trtllm-bench report lines: (pattern, extra key, unit factor)
+_BENCH: tuple[tuple[re.Pattern[str], str, float], ...] = (
+    (re.compile(rf"^Request Throughput \(req/sec\):\s*({NUM}(?:[eE][-+]?\d+)?)"), "request_throughput", 1.0),
+    (re.compile(rf"^(?:Total Output|Token) Throughput \(tokens/sec\):\s*({NUM}(?:[eE][-+]?\d+)?)"),
+     "output_throughput", 1.0),
+    (re.compile(rf"^Total Token Throughput \(tokens/sec\):\s*({NUM}(?:[eE][-+]?\d+)?)"), "token_throughput", 1.0),
+    (re.compile(rf"^Total Latency \(ms\):\s*({NUM})"), "total_latency_s", 1e-3),
+    (re.compile(rf"^Total Latency \(seconds\):\s*({NUM})"), "total_latency_s", 1.0),
+    (re.compile(r"^Number of requests:\s*(\d+)"), "num_requests", 1.0),
+)
+_BENCH_KV_PCT_RE = re.compile(rf"^KV Memory Percentage:\s*({NUM})%")
+_BENCH_VERSION_RE = re.compile(r"^TensorRT[- ]LLM Version:\s*(\S+)")
 
 
 def parse(text: str) -> EngineReport:
@@ -102,6 +121,9 @@ def parse(text: str) -> EngineReport:
             f.note("tokens_per_block", to_int(m.group(1)), line)
         if m := _PREFETCH_RE.search(line):
             f.note("prefetch_bytes", to_bytes(m.group(1), GiB), line)
+        _bench_line(f, line)
+    if "kv_fraction" not in f.figures and isinstance(f.extra.get("kv_memory_percent"), float):
+        f.figures["kv_fraction"] = float(f.extra["kv_memory_percent"]) / 100
     if allocations:
         f.extra["kv_allocations"] = allocations
     elif "kv_available_bytes" in f.extra:
@@ -111,3 +133,20 @@ def parse(text: str) -> EngineReport:
         if isinstance(avail, int):
             f.figures["kv_cache_bytes"] = avail
     return f.report(ENGINE)
+
+
+def _bench_line(f: Found, line: str) -> None:
+    # The report is printed without a logger prefix; anchor at the line start so log
+    # lines that merely quote these words do not count.
+    text = line.strip()
+    if not text or text[0] not in "RTNKt":
+        return
+    for pattern, key, factor in _BENCH:
+        if m := pattern.search(text):
+            v = to_float(m.group(1))
+            f.note(key, None if v is None else (int(v) if key == "num_requests" else v * factor), line)
+            return
+    if m := _BENCH_KV_PCT_RE.search(text):
+        f.note("kv_memory_percent", to_float(m.group(1)), line)
+    elif m := _BENCH_VERSION_RE.search(text):
+        f.note("trtllm_version", m.group(1), line)

@@ -93,3 +93,41 @@ def test_cpp_backend_lines() -> None:
 def test_legacy_outside_torch_wording() -> None:
     r = parse_engine_log("trtllm", PY + "Memory used outside torch in memory usage profiling: 1.25 GiB")
     assert r.extra["outside_torch_bytes"] == round(1.25 * GiB)
+
+
+def test_trtllm_bench_report() -> None:
+    # tensorrt_llm/bench/dataclasses/reporting.py (1.x): f"Request Throughput (req/sec):{pad}{x:.4f}" ...
+    report = "\n".join([
+        "===========================================================",
+        "= PYTORCH BACKEND",
+        "===========================================================",
+        "Model:                  deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        "TensorRT-LLM Version:   1.1.0rc2",
+        "KV Memory Percentage:   90.00%",
+        "===========================================================",
+        "= PERFORMANCE OVERVIEW",
+        "===========================================================",
+        f"Request Throughput (req/sec):                     {0.9308:.4f}",
+        f"Total Output Throughput (tokens/sec):             {119.1443:.4f}",
+        f"Total Token Throughput (tokens/sec):              {238.2886:.4f}",
+        f"Total Latency (ms):                               {107437.1234:.4f}",
+    ])
+    r = parse_engine_log("trtllm", report)
+    assert r.extra["request_throughput"] == pytest.approx(0.9308)
+    assert r.extra["output_throughput"] == pytest.approx(119.1443)
+    assert r.extra["token_throughput"] == pytest.approx(238.2886)
+    assert r.extra["total_latency_s"] == pytest.approx(107.4371234)
+    assert r.extra["trtllm_version"] == "1.1.0rc2"
+    assert r.kv_fraction == pytest.approx(0.9)
+
+
+def test_old_trtllm_bench_statistics_block() -> None:
+    # 0.12 reporting: f"Token Throughput (tokens/sec):\t{x}" and f"Total Latency (seconds):\t{x}"
+    report = ("Number of requests:\t\t3000\nToken Throughput (tokens/sec):\t23405.927228471104\n"
+              "Request Throughput (req/sec):\t182.8588064724305\nTotal Latency (seconds):\t16.406100739\n"
+              "KV Memory Percentage:\t99.0%\nIssue Rate (req/sec):\t3.680275266452667e+18")
+    r = parse_engine_log("trtllm", report)
+    assert r.extra["num_requests"] == 3000
+    assert r.extra["output_throughput"] == pytest.approx(23405.927228471104)
+    assert r.extra["total_latency_s"] == pytest.approx(16.406100739)
+    assert r.kv_fraction == pytest.approx(0.99)
