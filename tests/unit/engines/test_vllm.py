@@ -1,0 +1,81 @@
+"""vLLM adapter: command construction and reading a recorded start-up log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memgap.engines.vllm import VllmEngine, VllmOptions
+from memgap.errors import EngineNotFound, UsageError
+
+GiB = 1 << 30
+
+# A v1 start-up rebuilt from vLLM's format strings (no GPU here to record a real one;
+# vllm/v1/worker/gpu_model_runner.py, gpu_worker.py, v1/core/kv_cache_utils.py), with process prefixes.
+RECORDED = """\
+INFO 11-09 04:24:04 [__init__.py:216] Automatically detected platform cuda.
+(APIServer pid=211) INFO 11-09 04:24:06 [api_server.py:1839] vLLM API server version 0.11.0
+(EngineCore_DP0 pid=377) INFO 11-09 04:24:31 [gpu_model_runner.py:2653] Model loading took 14.2717 GiB and 9.731 seconds
+(EngineCore_DP0 pid=377) INFO 11-09 04:24:40 [gpu_worker.py:298] Available KV cache memory: 44.12 GiB
+(EngineCore_DP0 pid=377) INFO 11-09 04:24:40 [kv_cache_utils.py:1087] GPU KV cache size: 826,128 tokens
+(EngineCore_DP0 pid=377) INFO 11-09 04:24:40 [kv_cache_utils.py:1091] Maximum concurrency for 8,192 tokens per request: 100.85x
+(EngineCore_DP0 pid=377) INFO 11-09 04:24:52 [gpu_model_runner.py:3480] Graph capturing finished in 12 secs, took 0.49 GiB
+(APIServer pid=211) INFO:     Application startup complete.
+"""
+
+
+def test_command_with_every_option(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    e = VllmEngine(VllmOptions(model=str(tmp_path), gpu_memory_utilization=0.5, max_model_len=8192,
+                               max_num_seqs=64, kv_cache_dtype="fp8", block_size=16, enforce_eager=True,
+                               extra_args=("--seed", "1")))
+    cmd = e.command("127.0.0.1", 8000)
+    assert cmd.argv[:3] == ("vllm", "serve", str(tmp_path))
+    argv = list(cmd.argv)
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert argv[argv.index("--max-model-len") + 1] == "8192"
+    assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
+    assert argv[argv.index("--port") + 1] == "8000"
+    assert "--enforce-eager" in argv and argv[-2:] == ["--seed", "1"]
+    assert cmd.read_paths == (tmp_path.resolve(),)
+    assert cmd.env["PYTHONUNBUFFERED"] == "1"
+    assert e.health_path() == "/health" and e.metrics_path() == "/metrics"
+    assert e.options()["gpu_memory_utilization"] == 0.5
+
+
+def test_defaults_leave_vllm_defaults_alone() -> None:
+    cmd = VllmEngine(VllmOptions(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")).command("0.0.0.0", 1)
+    assert "--gpu-memory-utilization" not in cmd.argv and "--max-model-len" not in cmd.argv
+    assert cmd.read_paths == ()  # a hub id is fetched by vLLM itself
+
+
+def test_model_identity_needs_local_files(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 2}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    m = VllmEngine(VllmOptions(model=str(tmp_path))).model()
+    assert m.size_bytes == 1000 + len('{"num_hidden_layers": 2}')
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 3}')
+    assert VllmEngine(VllmOptions(model=str(tmp_path))).model().sha256 != m.sha256
+    with pytest.raises(EngineNotFound):
+        VllmEngine(VllmOptions(model="org/not-local")).model()
+
+
+@pytest.mark.parametrize("opts", [
+    VllmOptions(model=""), VllmOptions(model="m", gpu_memory_utilization=1.5),
+    VllmOptions(model="m", kv_cache_dtype="int3"), VllmOptions(model="m", max_model_len=0),
+])
+def test_bad_options(opts: VllmOptions) -> None:
+    with pytest.raises(UsageError):
+        VllmEngine(opts)
+
+
+def test_recorded_log_and_version_without_vllm() -> None:
+    e = VllmEngine(VllmOptions(model="m", executable="/nonexistent/vllm"))
+    r = e.parse_log(RECORDED)
+    assert r.model_bytes == round(14.2717 * GiB)
+    assert r.kv_cache_bytes == round(44.12 * GiB) and r.kv_cache_tokens == 826_128
+    assert r.compute_bytes == round(0.49 * GiB)
+    assert r.extra["max_concurrency"] == pytest.approx(100.85)
+    assert e.ready_line in RECORDED
+    assert e.version() is None
