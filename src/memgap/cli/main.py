@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memgap.cli.parse_log",
     "memgap.cli.probe",
     "memgap.cli.importer",
+    "memgap.cli.explain",
     "memgap.cli.compare",
 )
 

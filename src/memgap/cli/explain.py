@@ -1,0 +1,95 @@
+"""``memgap explain A B``: two runs or groups side by side, and which explanation the numbers support."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memgap.explain import CONTRADICTED, SUPPORTED, Explanation, Row, RunInput, explain
+from memgap.selectors import select_runs
+from memgap.store import Store, open_store
+from memgap.units import format_bytes
+
+_VERDICT_STYLE = {SUPPORTED: "bold green", CONTRADICTED: "bold red"}
+
+
+def _inputs(store: Store, selector: str) -> list[RunInput]:
+    return [RunInput(r.record, store.series(r.run_id)) for r in select_runs(store, selector, default_status="ok")]
+
+
+def explain_command(
+    a: Annotated[str, typer.Argument(help="Run id, or key=value[,key=value] over environment, model, engine, label, status, study_id, source, run_id.")],
+    b: Annotated[str, typer.Argument(help="The other side, the same way.")],
+    store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: a, b, categories, hypotheses.")] = False,
+    peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Also show the ledgers at the run's peak.")] = True,
+) -> None:
+    """Compare two runs (or groups, by their median) category by category and give a verdict on each hypothesis."""
+    with open_store(store) as st:
+        ex = explain(a, _inputs(st, a), b, _inputs(st, b))
+    if as_json:
+        typer.echo(json.dumps(ex.to_dict(), indent=2))
+        return
+    _print(ex, show_peak=peak)
+
+
+def _fmt(n: int | None) -> str:
+    return format_bytes(n, precision=1)
+
+
+def _delta(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return ("+" if n > 0 else "") + format_bytes(n, precision=1) if n else "0"
+
+
+def _table(title: str, rows: tuple[Row, ...] | list[Row], a: str, b: str) -> Table:
+    t = Table(title=title, title_justify="left", show_lines=False)
+    t.add_column("category")
+    t.add_column("A", justify="right")
+    t.add_column("B", justify="right")
+    t.add_column("B - A", justify="right")
+    t.add_column("source", overflow="fold", style="dim")
+    for r in rows:
+        style = "bold" if r.key in ("total", "run_total", "unexplained") else None
+        t.add_row(r.title, _fmt(r.a_bytes), _fmt(r.b_bytes), _delta(r.delta_bytes), r.source, style=style)
+    return t
+
+
+def _print(ex: Explanation, *, show_peak: bool) -> None:
+    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
+    for tag, side in (("A", ex.a), ("B", ex.b)):
+        d = side.describe()
+        ids = ", ".join(d["run_ids"][:4]) + (f" +{len(d['run_ids']) - 4}" if len(d["run_ids"]) > 4 else "")
+        out.print(f"[bold]{tag}[/bold] {side.label}: {d['runs']} run(s) ({ids}); environment "
+                  f"{', '.join(d['environment'])}, engine {', '.join(d['engine'])}, model {', '.join(d['model'])}"
+                  + (" - medians" if d["runs"] > 1 else ""))
+    ledger_rows = [r for r in ex.categories if r.kind == "ledger"]
+    engine_rows = [r for r in ex.categories if r.kind == "engine" and (r.a_bytes is not None or r.b_bytes is not None)]
+    measured = any(r.a_bytes is not None or r.b_bytes is not None for r in ledger_rows if r.key != "kv_cache")
+    if measured:
+        out.print(_table("Ledger at engine ready", ledger_rows, ex.a.label, ex.b.label))
+        if show_peak:
+            out.print(_table("Ledger at peak", list(ex.categories_at_peak), ex.a.label, ex.b.label))
+    else:
+        out.print("No memory-layer readings on either side: the ledger is not measured; engine figures follow.")
+    if engine_rows:
+        out.print(_table("What the engine reported", engine_rows, ex.a.label, ex.b.label))
+    out.print("[bold]Hypotheses[/bold]")
+    for h in ex.hypotheses:
+        style = _VERDICT_STYLE.get(h.verdict, "yellow")
+        out.print(f"  [{style}]{h.verdict:<13}[/{style}] [bold]{h.name}[/bold]: {h.claim}")
+        out.print(f"                {h.evidence}", markup=False)
+    if ex.notes:
+        out.print("[bold]What these runs can and cannot establish[/bold]")
+        for n in ex.notes:
+            out.print(f"  - {n}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explain")(explain_command)
