@@ -1,0 +1,289 @@
+"""Running a study: the plan of ``memgap.matrix``, one ``memgap.runner.execute_run`` per
+planned run, each attempt recorded in the store's ``study_runs`` table before it starts
+and when it ends, so an interrupted study resumes where it stopped.
+
+Resume rules: a planned run with a finished attempt is never run again; an attempt that
+was started but never ended (memgap was killed, the machine rebooted) is matched with the
+run record the runner committed, if it got that far, else recorded as ``interrupted``
+and redone; a run cut off by Ctrl-C (which the runner stores as a failed run) is
+recorded as ``interrupted`` and redone. The study's identity is its ``[study] name``; a
+study whose plan-relevant settings changed is refused, naming what changed.
+
+With ``iterations = "auto"`` a group (model x variant) gets no more blocks once every
+primary metric's sequential verdict (``memgap.stats.sequential_verdict``) is settled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memgap.engines.base import Engine
+from memgap.envs.base import Environment
+from memgap.errors import UsageError
+from memgap.experiment import Experiment, plan_changes
+from memgap.load.spec import WorkloadSpec
+from memgap.matrix import (
+    EMBEDDED_MODEL,
+    Cell,
+    PlannedRun,
+    cells,
+    cool_down,
+    page_cache_action,
+    plan_runs,
+)
+from memgap.report.compare import baseline_first
+from memgap.report.metrics import BY_NAME
+from memgap.runner import RunConfig, RunObserver, execute_run
+from memgap.stats import SequentialDesign, paired_differences, sequential_verdict
+from memgap.store import Store, StoredRun
+from memgap.units import parse_size
+
+INTERRUPTED_PREFIX = "interrupted"
+
+Execute = Callable[..., dict[str, Any]]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def make_engine(exp: Experiment, model: str, variant: str) -> Engine:
+    from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+
+    e = exp.engine
+    opts: dict[str, Any] = {
+        "ctx_size": e.ctx_size, "parallel": e.parallel, "threads": e.threads, "mmap": e.mmap,
+        "kv_type": e.kv_type, "kv_unified": e.kv_unified, "extra_args": list(e.extra_args),
+    }
+    for v in exp.variants:
+        if v.name == variant:
+            opts.update({k: val for k, val in v.engine.model_dump().items() if val is not None})
+    opts["extra_args"] = tuple(opts["extra_args"])
+    return LlamaCppEngine(LlamaCppOptions(
+        model_path=None if model == EMBEDDED_MODEL else Path(model),
+        server_path=Path(e.server_path) if e.server_path else None,
+        **opts,
+    ))
+
+
+def _env_settings(exp: Experiment, variant: str) -> tuple[int | None, dict[str, Any]]:
+    section = exp.environment
+    for v in exp.variants:
+        if v.name == variant and v.environment is not None:
+            section = v.environment
+    limit = parse_size(section.memory_limit, what="memory_limit") if section.memory_limit else None
+    return limit, dict(section.container)
+
+
+def make_env(exp: Experiment, cell: Cell) -> Environment:
+    from memgap.envs import ContainerOptions, make_environment
+
+    limit, container = _env_settings(exp, cell.variant)
+    opts = None
+    if cell.environment in ("docker", "podman", "chroot"):
+        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in container.items()}
+        if "rootfs" in conv and conv["rootfs"] is not None:
+            conv["rootfs"] = Path(conv["rootfs"])
+        try:
+            opts = ContainerOptions(**conv)
+        except TypeError as e:
+            raise UsageError(f"environment.container: {e}") from None
+    return make_environment(
+        cell.environment, memory_limit_bytes=limit if cell.environment == "sandbox" else None, container=opts
+    )
+
+
+def open_study(store: Store, exp: Experiment, experiment_path: str | None) -> bool:
+    """Register the study, or check that a stored one has the same plan. True: resuming."""
+    old = store.study(exp.study_id)
+    if old is None:
+        store.add_study(exp.study_id, created_at=_now(), experiment_path=experiment_path,
+                        fingerprint=exp.fingerprint(), plan=exp.plan_settings())
+        return False
+    if old["fingerprint"] != exp.fingerprint():
+        changes = plan_changes(old["plan"], exp.plan_settings())
+        raise UsageError(
+            f"study {exp.study.name!r} is already in {store.path} with a different plan; "
+            "refusing to resume it:\n  " + "\n  ".join(changes or ["(settings differ)"]) +
+            "\nundo the change to resume, or give the study a new [study] name"
+        )
+    return True
+
+
+def reconcile(store: Store, study_id: str) -> list[str]:
+    """Close attempts left 'started' by a memgap that was killed. Returns notes."""
+    rows = store.study_runs(study_id)
+    claimed = {r["run_id"] for r in rows if r["run_id"]}
+    orphans = [r for r in store.runs({"study_id": study_id}) if r.run_id not in claimed]
+    notes = []
+    for row in rows:
+        if row["status"] != "started":
+            continue
+        match = [r for r in orphans if r.created_at >= row["started_at"]]
+        run = match[0] if match else None
+        if run is not None:
+            orphans.remove(run)
+            cut = run.status != "ok" and str(run.record.get("failure") or "").startswith(INTERRUPTED_PREFIX)
+            status = "interrupted" if cut else "finished"
+            note = "the run was stored; memgap stopped before noting it" if not cut else run.record.get("failure")
+        else:
+            status, note = "interrupted", "memgap stopped during this run (killed or machine restarted); no record"
+        store.end_study_run(study_id, plan_index=row["plan_index"], attempt=row["attempt"], status=status,
+                            run_id=run.run_id if run else None, ended_at=_now(), note=note)
+        notes.append(f"plan entry {row['plan_index']} (attempt {row['attempt']}): {status}: {note}")
+    return notes
+
+
+@dataclass(frozen=True)
+class GroupState:
+    model: str
+    variant: str
+    blocks_run: int
+    settled: bool
+    verdicts: dict[str, dict[str, Any]]  # "env_b vs env_a: metric" -> SequentialResult dict
+
+
+def finished_runs(store: Store, study_id: str) -> dict[int, tuple[dict[str, Any], StoredRun]]:
+    """plan_index -> (study_runs row, run) for finished attempts."""
+    by_id = {r.run_id: r for r in store.runs({"study_id": study_id})}
+    out = {}
+    for row in store.study_runs(study_id):
+        if row["status"] == "finished" and row["run_id"] in by_id:
+            out[row["plan_index"]] = (row, by_id[row["run_id"]])
+    return out
+
+
+def group_state(exp: Experiment, plan: list[PlannedRun], done: Mapping[int, tuple[dict[str, Any], StoredRun]],
+                group: tuple[str, str], upto_block: int) -> GroupState:
+    """Sequential verdicts of one group from the blocks up to ``upto_block``."""
+    envs = baseline_first(exp.study.environments)
+    base, others = envs[0], envs[1:]
+    runs: dict[tuple[int, str], StoredRun] = {}
+    blocks_run = 0
+    for p in plan:
+        if p.cell.group == group and p.block <= upto_block and p.index in done:
+            runs[(p.block, p.cell.environment)] = done[p.index][1]
+            blocks_run = max(blocks_run, p.block)
+    design = SequentialDesign(alpha=exp.study.alpha, min_n=exp.study.min_iterations,
+                              max_n=exp.study.max_iterations, shape=exp.study.boundary,
+                              n_metrics=max(1, len(exp.metrics) * len(others)))
+    verdicts: dict[str, dict[str, Any]] = {}
+    for other in others:
+        blocks = sorted(b for (b, e) in runs if e == base and (b, other) in runs
+                        and runs[(b, base)].status == "ok" and runs[(b, other)].status == "ok")
+        for pm in exp.metrics:
+            m = BY_NAME[pm.name]
+            a = [m.read(runs[(b, base)].record) for b in blocks]
+            bb = [m.read(runs[(b, other)].record) for b in blocks]
+            rel = pm.relative
+            diffs = paired_differences(a, bb, log_scale=rel is not None)  # type: ignore[arg-type]
+            margin = math.log1p(rel) if rel is not None else float(pm.margin)
+            res = sequential_verdict(diffs, margin, design).to_dict()
+            res.update({"metric": pm.name, "a": base, "b": other, "margin": pm.margin,
+                        "scale": "log ratio" if rel is not None else "difference"})
+            verdicts[f"{other} vs {base}: {pm.name}"] = res
+    settled = bool(verdicts) and all(v["verdict"] != "continue" for v in verdicts.values())
+    return GroupState(group[0], group[1], blocks_run, settled, verdicts)
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    study_id: str
+    resumed: bool
+    notes: list[str]
+    runs_this_time: list[str]
+    groups: list[GroupState]
+    runs_finished: int
+    runs_planned_fixed: int  # what max_iterations (or iterations) per cell would take
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study_id": self.study_id, "resumed": self.resumed, "notes": self.notes,
+            "runs_this_time": self.runs_this_time, "runs_finished": self.runs_finished,
+            "runs_planned_fixed": self.runs_planned_fixed,
+            "groups": [g.__dict__ for g in self.groups],
+        }
+
+
+def study_outcome(exp: Experiment, store: Store, *, resumed: bool = False, notes: list[str] | None = None,
+                  ran: list[str] | None = None) -> StudyOutcome:
+    plan = plan_runs(exp)
+    done = finished_runs(store, exp.study_id)
+    last = max((p.block for p in plan), default=0)
+    groups = sorted({c.group for c in cells(exp)})
+    return StudyOutcome(
+        study_id=exp.study_id, resumed=resumed, notes=notes or [], runs_this_time=ran or [],
+        groups=[group_state(exp, plan, done, g, last) for g in groups],
+        runs_finished=len(done), runs_planned_fixed=len(plan),
+    )
+
+
+def run_study(
+    exp: Experiment,
+    store: Store,
+    *,
+    experiment_path: str | None = None,
+    execute: Execute = execute_run,
+    engine_factory: Callable[[Experiment, str, str], Engine] = make_engine,
+    env_factory: Callable[[Experiment, Cell], Environment] = make_env,
+    observer: RunObserver | None = None,
+    cooldown: Callable[..., Any] = cool_down,
+    page_cache: Callable[..., dict[str, Any]] = page_cache_action,
+    on_run: Callable[[PlannedRun, str], None] | None = None,
+) -> StudyOutcome:
+    resumed = open_study(store, exp, experiment_path)
+    notes = reconcile(store, exp.study_id) if resumed else []
+    plan = plan_runs(exp)
+    auto = exp.study.iterations == "auto"
+    engines: dict[tuple[str, str], Engine] = {}
+    envs: dict[Cell, Environment] = {}
+    workload = WorkloadSpec(**exp.workload.model_dump())
+    ran: list[str] = []
+    first = not resumed
+    for block in sorted({p.block for p in plan}):
+        done = finished_runs(store, exp.study_id)
+        attempts: dict[int, int] = {}
+        for row in store.study_runs(exp.study_id):
+            attempts[row["plan_index"]] = max(attempts.get(row["plan_index"], 0), row["attempt"])
+        settled = {g for g in {c.group for c in cells(exp)}
+                   if auto and group_state(exp, plan, done, g, block - 1).settled}
+        for p in (p for p in plan if p.block == block):
+            if p.index in done or p.cell.group in settled:
+                continue
+            cell = p.cell
+            if cell.group not in engines:
+                engines[cell.group] = engine_factory(exp, cell.model, cell.variant)
+            if cell not in envs:
+                envs[cell] = env_factory(exp, cell)
+            engine = engines[cell.group]
+            actions: dict[str, Any] = {}
+            if not first:
+                actions["cooldown"] = cooldown(exp.cooldown).to_dict()
+            first = False
+            actions["page_cache"] = page_cache(exp.study.page_cache, [engine.model().path])
+            attempt = attempts.get(p.index, 0) + 1
+            started = _now()
+            store.start_study_run(exp.study_id, plan_index=p.index, attempt=attempt, block=p.block,
+                                  iteration=p.iteration, cell=cell.to_dict(), started_at=started, actions=actions)
+            if on_run is not None:
+                on_run(p, "start")
+            limit, _ = _env_settings(exp, cell.variant)
+            cfg = RunConfig(environment=cell.environment, workload=workload,
+                            memory_limit_bytes=limit if cell.environment == "sandbox" else None,
+                            label=exp.study.label, study_id=exp.study_id)
+            try:
+                record = execute(cfg, engine, store, environment=envs[cell], observer=observer)
+            except (KeyboardInterrupt, Exception):
+                # Ctrl-C: the runner stored the cut-off run as failed; note it as interrupted.
+                reconcile(store, exp.study_id)
+                raise
+            store.end_study_run(exp.study_id, plan_index=p.index, attempt=attempt, status="finished",
+                                run_id=record["run_id"], ended_at=_now())
+            ran.append(record["run_id"])
+            if on_run is not None:
+                on_run(p, record["status"])
+    return study_outcome(exp, store, resumed=resumed, notes=notes, ran=ran)

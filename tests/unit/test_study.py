@@ -1,0 +1,175 @@
+"""Study orchestration with a test double in place of the runner: resume after a kill,
+after Ctrl-C, refusal when the plan changed, and early stopping with iterations = "auto"."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memgap.errors import UsageError
+from memgap.experiment import Experiment, parse_experiment
+from memgap.matrix import Cell, CooldownRecord
+from memgap.runner import RunConfig
+from memgap.store import Store
+from memgap.study import run_study
+
+
+class EngineDouble:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def model(self) -> Any:
+        class M:
+            path = self.path
+        return M()
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+class ExecuteDouble:
+    """Writes a run record the way memgap.runner.execute_run does; values per environment
+    come from ``values``; can die before or after committing a chosen call."""
+
+    def __init__(self, values: dict[str, Any], *, die_at: int | None = None, commit_before_dying: bool = False,
+                 interrupt_at: int | None = None) -> None:
+        self.values = values
+        self.calls = 0
+        self.die_at, self.commit_before_dying, self.interrupt_at = die_at, commit_before_dying, interrupt_at
+        self.ids = (f"r{i:04d}" for i in itertools.count())
+
+    def __call__(self, cfg: RunConfig, engine: Any, store: Store, **kw: Any) -> dict[str, Any]:
+        self.calls += 1
+        run_id = next(self.ids)
+        v = self.values[cfg.environment]
+        val = v(self.calls) if callable(v) else v
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        rec = {"run_id": run_id, "study_id": cfg.study_id, "created_at": now, "finished_at": now,
+               "environment": cfg.environment, "engine": "double", "model": "m", "status": "ok",
+               "failure": None, "output_tokens_per_s": val["tps"],
+               "engine_report": {"kv_cache_bytes": val["kv"]}}
+        if self.calls == self.die_at:
+            if self.commit_before_dying:
+                store.add_run(rec)
+            raise Killed
+        if self.calls == self.interrupt_at:
+            store.add_run({**rec, "status": "failed", "failure": "interrupted (Ctrl-C or SIGTERM)"})
+            raise KeyboardInterrupt
+        store.add_run(rec)
+        return rec
+
+
+def _exp(extra: str = "", iterations: str = "3") -> Experiment:
+    return parse_experiment(f'[study]\nname = "t"\nenvironments = ["native", "sandbox"]\n'
+                            f"iterations = {iterations}\nseed = 4\n{extra}")
+
+
+def _run(exp: Experiment, st: Store, ex: ExecuteDouble, tmp: Path) -> Any:
+    model = tmp / "model.gguf"
+    model.write_bytes(b"x")
+    return run_study(exp, st, execute=ex, engine_factory=lambda e, m, v: EngineDouble(model),  # type: ignore[arg-type, return-value]
+                     env_factory=lambda e, c: c.environment,  # type: ignore[arg-type, return-value]
+                     cooldown=lambda cfg: CooldownRecord(0, 0, None, None, None, None, None))
+
+
+STEADY = {"native": {"tps": 100.0, "kv": 1000}, "sandbox": {"tps": 100.0, "kv": 1000}}
+
+
+def _counts(st: Store) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in st.study_runs("study:t"):
+        if r["status"] == "finished":
+            out[r["plan_index"]] = out.get(r["plan_index"], 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("commit_before_dying", [False, True])
+def test_killed_study_resumes_without_losing_or_doubling(tmp_path: Path, commit_before_dying: bool) -> None:
+    exp = _exp()
+    with Store(tmp_path / "s.db") as st:
+        with pytest.raises(Killed):
+            _run(exp, st, ExecuteDouble(STEADY, die_at=4, commit_before_dying=commit_before_dying), tmp_path)
+        assert len(_counts(st)) == 3
+        rows_before = st.study_runs("study:t")
+        assert rows_before[-1]["status"] == "started"  # the kill left it open
+        ex = ExecuteDouble(STEADY)
+        ex.ids = (f"s{i:04d}" for i in itertools.count())
+        out = _run(exp, st, ex, tmp_path)
+        counts = _counts(st)
+        assert counts == {i: 1 for i in range(6)}  # every planned run finished exactly once
+        assert out.resumed and out.notes
+        if commit_before_dying:
+            # the runner had committed run 4: it is adopted, not redone
+            assert ex.calls == 2
+            assert "stored" in out.notes[0]
+        else:
+            assert ex.calls == 3
+            assert [r["status"] for r in st.study_runs("study:t") if r["plan_index"] == 3] == ["interrupted", "finished"]
+        assert len([r for r in st.runs() if r.status == "ok"]) == 6
+
+
+def test_ctrl_c_run_is_recorded_interrupted_and_redone(tmp_path: Path) -> None:
+    exp = _exp()
+    with Store(tmp_path / "s.db") as st:
+        with pytest.raises(KeyboardInterrupt):
+            _run(exp, st, ExecuteDouble(STEADY, interrupt_at=2), tmp_path)
+        rows = st.study_runs("study:t")
+        assert rows[-1]["status"] == "interrupted" and rows[-1]["run_id"] == "r0001"
+        ex = ExecuteDouble(STEADY)
+        ex.ids = (f"s{i:04d}" for i in itertools.count())
+        _run(exp, st, ex, tmp_path)
+        assert ex.calls == 5 and _counts(st) == {i: 1 for i in range(6)}
+        # a finished study run again does nothing
+        again = ExecuteDouble(STEADY)
+        _run(exp, st, again, tmp_path)
+        assert again.calls == 0
+
+
+def test_changed_plan_is_refused_naming_the_change(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        _run(_exp(), st, ExecuteDouble(STEADY), tmp_path)
+        with pytest.raises(UsageError, match=r"study\.iterations: 3 -> 4"):
+            _run(_exp(iterations="4"), st, ExecuteDouble(STEADY), tmp_path)
+        # cooldown is not part of the plan: changing it resumes
+        _run(_exp("[cooldown]\npause_s = 1\n"), st, ExecuteDouble(STEADY), tmp_path)
+
+
+def test_runs_alternate_environments_in_blocks(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        _run(_exp(), st, ExecuteDouble(STEADY), tmp_path)
+        rows = st.study_runs("study:t")
+        for block in (1, 2, 3):
+            assert sorted(r["cell"]["environment"] for r in rows if r["block"] == block) == ["native", "sandbox"]
+
+
+def test_auto_stops_early_when_verdicts_settle(tmp_path: Path) -> None:
+    noise = itertools.cycle([0.0, 0.4, -0.3, 0.2, -0.5, 0.1])
+    values = {"native": lambda i: {"tps": 100.0 + next(noise), "kv": 1000},
+              "sandbox": lambda i: {"tps": 100.0 + next(noise), "kv": 1000}}
+    exp = _exp('max_iterations = 10\n[[metrics]]\nname = "kv_cache_bytes"\nmargin = 0\n'
+               '[[metrics]]\nname = "output_tokens_per_s"\nmargin = "5%"\n', iterations='"auto"')
+    with Store(tmp_path / "s.db") as st:
+        out = _run(exp, st, ExecuteDouble(values), tmp_path)
+    g = out.groups[0]
+    assert g.settled
+    assert {v["verdict"] for v in g.verdicts.values()} == {"equivalent"}
+    assert out.runs_finished < out.runs_planned_fixed == 20
+    assert out.runs_finished == 2 * g.blocks_run
+
+
+def test_auto_detects_a_real_difference(tmp_path: Path) -> None:
+    values = {"native": {"tps": 100.0, "kv": 1000}, "sandbox": {"tps": 100.0, "kv": 600}}
+    exp = _exp('[[metrics]]\nname = "kv_cache_bytes"\nmargin = 0\n', iterations='"auto"')
+    with Store(tmp_path / "s.db") as st:
+        out = _run(exp, st, ExecuteDouble(values), tmp_path)
+    (v,) = out.groups[0].verdicts.values()
+    assert v["verdict"] == "different" and out.runs_finished == 6  # min_iterations = 3 blocks
+
+
+def test_cell_is_hashable_group() -> None:
+    assert Cell("m", "base", "native").group == ("m", "base")
