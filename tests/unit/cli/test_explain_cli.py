@@ -1,0 +1,67 @@
+"""``memgap explain`` end to end over a store filled by ``memgap import benchmark-spark``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memgap.cli.main import main
+
+REFERENCE = Path("/work/shared/reference/benchmark-spark-phase1-results.json")
+_beside = Path(__file__).resolve().parents[4] / "shared" / "reference" / REFERENCE.name
+if _beside.exists():
+    REFERENCE = _beside
+pytestmark = pytest.mark.skipif(not REFERENCE.exists(), reason="shared/reference is not beside the checkout")
+
+
+@pytest.fixture
+def store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    db = tmp_path / "s.db"
+    assert main(["import", "benchmark-spark", str(REFERENCE), "--store", str(db)]) == 0
+    capsys.readouterr()
+    return db
+
+
+def test_explain_seed_json(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["explain", "model=qwen72b,environment=native", "model=qwen72b,environment=container",
+               "--store", str(store), "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["a"]["runs"] == 10 and d["b"]["runs"] == 10 and d["a"]["engine"] == ["trtllm"]
+    verdicts = {h["name"]: h["verdict"] for h in d["hypotheses"]}
+    assert verdicts["kv_sizing_rule"] == "supported"
+    assert verdicts["cgroup_accounting"] == "not measured"
+    rule = next(h for h in d["hypotheses"] if h["name"] == "kv_sizing_rule")
+    assert rule["numbers"]["fraction"] == pytest.approx(0.9, abs=0.001)
+
+
+def test_explain_seed_text(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["explain", "model=deepseek,environment=native", "model=deepseek,environment=container",
+               "--store", str(store)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "supported" in out and "kv_sizing_rule" in out
+    assert "0.900 x (119.71 GiB - peak)" in out
+    assert "the ledger is not measured" in out
+    assert "confounded with time" in out
+
+
+def test_explain_by_run_id(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["explain", "bs-deepseek-native-20251109_042404", "bs-deepseek-container-20251109_065229",
+               "--store", str(store), "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert d["a"]["run_ids"] == ["bs-deepseek-native-20251109_042404"]
+    kv = next(c for c in d["categories"] if c["key"] == "engine.kv_cache_bytes")
+    assert kv["a_bytes"] == round(44.69 * 1024**3) and kv["b_bytes"] == round(16.33 * 1024**3)
+    # two runs cannot determine a two-parameter fit
+    assert next(h for h in d["hypotheses"] if h["name"] == "kv_sizing_rule")["verdict"] == "not measured"
+
+
+@pytest.mark.parametrize(("a", "message"), [("environment=docker", "no runs match"), ("colour=red", "unknown key")])
+def test_explain_bad_selection_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture[str], a: str,
+                                                message: str) -> None:
+    assert main(["explain", a, "environment=native", "--store", str(store)]) == 2
+    assert message in capsys.readouterr().err
