@@ -131,12 +131,27 @@ DIED_BEFORE_READY = "before it was ready"
 DIED_DURING_WORKLOAD = "during the workload"
 
 
-def describe_failure(when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None) -> str:
-    """One line naming what happened to the engine and the evidence for it."""
+def describe_failure(
+    when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None, oom_killed: bool | None = None
+) -> str:
+    """One line naming what happened to the engine and the evidence for it.
+    ``oom_killed``: what a container engine says (docker/podman ``State.OOMKilled``)."""
     if when not in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD):
         return when
     cg = cgroup_final or {}
     oom = cg.get("oom_kill_count")
+    if oom_killed:
+        # The container's cgroup goes with it, so its counters are the last reading taken
+        # before it exited; the container engine's flag is the kernel's OOM event.
+        limit = cg.get("limit_bytes")
+        parts = ["container State.OOMKilled=true", f"exit status {exit_status}"]
+        if limit is not None:
+            parts.append(f"limit {format_bytes(limit)}")
+        if cg.get("failcnt"):
+            parts.append(f"cgroup failcnt {cg['failcnt']}")
+        if oom:
+            parts.append(f"cgroup oom_kill count {oom}")
+        return f"engine was OOM-killed {when} ({'; '.join(parts)})"
     if oom:
         limit = cg.get("limit_bytes")
         lim = f", limit {format_bytes(limit)}" if limit is not None else ""
@@ -146,6 +161,23 @@ def describe_failure(when: str, exit_status: int | None, cgroup_final: dict[str,
     if exit_status is not None and exit_status < 0:
         return f"engine killed by signal {-exit_status} {when}"
     return f"engine exited with status {exit_status} {when}"
+
+
+def _cgroup_final(running: RunningEngine) -> dict[str, Any] | None:
+    """The run's own cgroup's OOM and limit counters, or None (no cgroup, or gone)."""
+    if running.cgroup is None or not running.cgroup.path.is_dir():
+        return None
+    try:
+        cg = read_cgroup_memory(running.cgroup)
+    except Exception:  # noqa: BLE001 - removed while being read
+        return None
+    return {
+        "oom_kill_count": cg.oom_kill_count,
+        "oom_events": cg.oom_events,
+        "failcnt": cg.failcnt,
+        "limit_bytes": cg.limit_bytes,
+        "events": dict(cg.events),
+    }
 
 
 def execute_run(
@@ -174,6 +206,7 @@ def execute_run(
     ready_s: float | None = None
     exit_status: int | None = None
     cgroup_final: dict[str, Any] | None = None
+    env_run_info: dict[str, Any] = {}
     log_text = ""
 
     with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp:
@@ -213,18 +246,20 @@ def execute_run(
                     interrupted = True
                     failure = "interrupted (Ctrl-C or SIGTERM)"
                 obs.phase(config.environment, "stopping engine")
+                # A container's cgroup goes with the container: read it before stopping
+                # too, and keep the earlier reading where the later one finds it gone.
+                sampler.read_kernel_peaks()
+                kernel_peak = sampler.series.kernel_cgroup_peak_bytes
+                before_stop = _cgroup_final(running)
                 exit_status = running.stop(config.stop_timeout_s)
                 sampler.read_kernel_peaks()
-                if running.cgroup is not None:
-                    with contextlib.suppress(Exception):
-                        cg = read_cgroup_memory(running.cgroup)
-                        cgroup_final = {
-                            "oom_kill_count": cg.oom_kill_count,
-                            "oom_events": cg.oom_events,
-                            "failcnt": cg.failcnt,
-                            "limit_bytes": cg.limit_bytes,
-                            "events": dict(cg.events),
-                        }
+                if sampler.series.kernel_cgroup_peak_bytes is None:
+                    sampler.series.kernel_cgroup_peak_bytes = kernel_peak
+                cgroup_final = _cgroup_final(running) or before_stop
+                with contextlib.suppress(Exception):
+                    env_run_info = dict(running.extra_info())
+                if cgroup_final is None and env_run_info.get("cgroup_last_reading"):
+                    cgroup_final = {**env_run_info["cgroup_last_reading"], "read": "last reading before the engine exited"}
                 series = sampler.stop()
                 sampler = None
         except (OSError, subprocess.SubprocessError) as e:
@@ -240,7 +275,7 @@ def execute_run(
                 log_text = log_path.read_text(errors="replace")
 
     if failure is not None and not interrupted:
-        failure = describe_failure(failure, exit_status, cgroup_final)
+        failure = describe_failure(failure, exit_status, cgroup_final, env_run_info.get("oom_killed"))
 
     report = engine.parse_log(log_text)
     summary = workload_result.summary if workload_result is not None else None
@@ -268,6 +303,7 @@ def execute_run(
         summary=summary.to_dict() if summary is not None else None,
         memory=memory_summary(series) if series is not None else None,
         command=list(command.argv),
+        env_run_info=env_run_info,
     )
     store.add_run(
         record,
@@ -301,6 +337,7 @@ def build_record(
     summary: dict[str, Any] | None,
     memory: dict[str, Any] | None,
     command: list[str],
+    env_run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     s = summary or {}
 
@@ -317,7 +354,7 @@ def build_record(
         "created_at": created_at,
         "finished_at": _now(),
         "environment": config.environment,
-        "environment_info": env.describe(),
+        "environment_info": {**env.describe(), **(env_run_info or {})},
         "engine": engine.name,
         "engine_version": engine.version(),
         "engine_options": engine.options(),

@@ -5,12 +5,16 @@ context exits, on success, failure or Ctrl-C."""
 from __future__ import annotations
 
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine
+from memgap.envs.container import ContainerOptions
 from memgap.errors import UsageError
 
-ENVIRONMENTS = ("native", "sandbox")
+ENVIRONMENTS = ("native", "sandbox", "docker", "podman", "chroot")
 
 
-def make_environment(name: str, *, memory_limit_bytes: int | None = None) -> Environment:
+def make_environment(
+    name: str, *, memory_limit_bytes: int | None = None, container: ContainerOptions | None = None
+) -> Environment:
+    """``container``: flags for docker/podman (image, --memory, ...) and chroot (image, rootfs)."""
     if name == "native":
         from memgap.envs.native import NativeEnvironment
 
@@ -21,7 +25,22 @@ def make_environment(name: str, *, memory_limit_bytes: int | None = None) -> Env
         from memgap.envs.sandbox import SandboxEnvironment
 
         return SandboxEnvironment(memory_limit_bytes=memory_limit_bytes)
+    if name in ("docker", "podman", "chroot") and memory_limit_bytes is not None:
+        raise UsageError(f"--memory-limit applies to the sandbox only; use --memory for {name}")
+    if name == "docker":
+        from memgap.envs.docker import DockerEnvironment
+
+        return DockerEnvironment(container)
+    if name == "podman":
+        from memgap.envs.podman import PodmanEnvironment
+
+        return PodmanEnvironment(container)
+    if name == "chroot":
+        from memgap.envs.chroot import ChrootEnvironment
+
+        opts = container or ContainerOptions()
+        return ChrootEnvironment(rootfs=opts.rootfs, image=opts.image)
     raise UsageError(f"--env: unknown environment {name!r} (known: {', '.join(ENVIRONMENTS)})")
 
 
-__all__ = ["ENVIRONMENTS", "Environment", "LaunchSpec", "RunningEngine", "make_environment"]
+__all__ = ["ENVIRONMENTS", "ContainerOptions", "Environment", "LaunchSpec", "RunningEngine", "make_environment"]

@@ -43,6 +43,13 @@ class RunningEngine(ABC):
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """Stop the engine (SIGTERM, then SIGKILL after timeout_s); returns its exit status."""
 
+    def extra_info(self) -> dict[str, Any]:
+        """What the environment learned during the run (a container's id, exit state, its
+        engine's own stats...), merged into the record's ``environment_info``. Called after
+        ``stop`` and before the launch context exits. A key ``oom_killed`` (bool) and
+        ``cgroup_last_reading`` (dict) feed the failure description."""
+        return {}
+
 
 class Environment(ABC):
     name: str
