@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from memgap.engines import llamacpp
-from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions, embedded_model_path, find_server
+from memgap.engines.llamacpp import (
+    LlamaCppEngine,
+    LlamaCppOptions,
+    embedded_model_path,
+    find_server,
+)
 from memgap.errors import EngineNotFound, UsageError
 
 
