@@ -5,4 +5,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q "$@"
+# Container services for the docker/podman/chroot tests (scripts/services.sh): a dockerd of
+# our own, stopped at exit if this script started it, and podman's config.
+if [ "$(id -u)" -eq 0 ]; then
+    if scripts/services.sh status 2>&1 | grep -q "dockerd running"; then
+        eval "$(scripts/services.sh start)"
+    else
+        eval "$(scripts/services.sh start)"
+        trap 'scripts/services.sh stop' EXIT
+    fi
+fi
+.venv/bin/python -m pytest -q "$@"

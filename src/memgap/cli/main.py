@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memgap.cli.plan",
     "memgap.cli.parse_log",
     "memgap.cli.probe",
+    "memgap.cli.doctor",
     "memgap.cli.importer",
     "memgap.cli.explain",
     "memgap.cli.compare",
