@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from memgap.load.prompts import build_prompt_with, tokenizer_for
+from memgap.load.datasets import draw_lengths, load_dataset, sample_entries
+from memgap.load.prompts import CountTokens, build_prompt_with, tokenizer_for
 from memgap.load.records import RequestRecord, WorkloadSummary, summarize
 from memgap.load.request import PlannedRequest, request_body, send_request
 from memgap.load.schedule import arrival_offsets_s
@@ -69,32 +70,77 @@ async def _plan_requests(
     client: httpx.AsyncClient, base_url: str, spec: WorkloadSpec
 ) -> tuple[list[PlannedRequest], list[PlannedRequest], dict[str, Any]]:
     count = tokenizer_for(client, base_url)
+    if spec.dataset is not None:
+        return await _plan_from_dataset(count, spec)
     n_distinct = spec.warmup_requests + spec.requests if spec.distinct_prompts else 1
     seeds = [spec.seed * _PROMPT_SEED_STRIDE + i for i in range(n_distinct)]
+    # Lengths drawn from their own streams, so a uniform prompt length does not change the
+    # output lengths drawn for the same seed.
+    p_lens = draw_lengths(spec.prompt_tokens, spec.prompt_tokens_max, n_distinct, spec.seed)
+    n_all = spec.warmup_requests + spec.requests
+    o_lens = draw_lengths(spec.output_tokens, spec.output_tokens_max, n_all, spec.seed + 1)
     sem = asyncio.Semaphore(spec.concurrency)
 
-    async def one(seed: int) -> tuple[str, int | None]:
+    async def one(seed: int, n_tokens: int) -> tuple[str, int | None]:
         async with sem:
-            return await build_prompt_with(count, spec.prompt_tokens, seed)
+            return await build_prompt_with(count, n_tokens, seed)
 
-    built = await asyncio.gather(*(one(s) for s in seeds))
-    planned = [PlannedRequest(text, spec.output_tokens) for text, _ in built]
+    built = await asyncio.gather(*(one(s, n) for s, n in zip(seeds, p_lens, strict=True)))
     measured = [m for _, m in built if m is not None]
     info: dict[str, Any] = {
         "target_tokens": spec.prompt_tokens,
+        "target_tokens_max": spec.prompt_tokens_max,
         "tokenizer": "server" if len(measured) == len(built) else "approximate",
         "distinct": spec.distinct_prompts,
         "prompts": len(built),
         "measured_tokens_min": min(measured) if measured else None,
         "measured_tokens_max": max(measured) if measured else None,
-        "exact": sum(1 for m in measured if m == spec.prompt_tokens),
+        "exact": sum(1 for (_, m), n in zip(built, p_lens, strict=True) if m == n),
         # A chat request wraps the prompt in the model's chat template, so the server's
         # usage reports more prompt tokens than these.
         "counted": "message content" if spec.api == "chat" else "whole prompt",
     }
-    if spec.distinct_prompts:
-        return planned[: spec.warmup_requests], planned[spec.warmup_requests :], info
-    return [planned[0]] * spec.warmup_requests, [planned[0]] * spec.requests, info
+    texts = [text for text, _ in built] if spec.distinct_prompts else [built[0][0]] * n_all
+    planned = [PlannedRequest(t, o) for t, o in zip(texts, o_lens, strict=True)]
+    return planned[: spec.warmup_requests], planned[spec.warmup_requests :], info
+
+
+async def _plan_from_dataset(
+    count: CountTokens, spec: WorkloadSpec
+) -> tuple[list[PlannedRequest], list[PlannedRequest], dict[str, Any]]:
+    assert spec.dataset is not None
+    dataset = load_dataset(spec.dataset)
+    n_all = spec.warmup_requests + spec.requests
+    entries = sample_entries(dataset.entries, n_all, spec.seed)
+    o_lens = draw_lengths(spec.output_tokens, spec.output_tokens_max, n_all, spec.seed + 1)
+    sem = asyncio.Semaphore(spec.concurrency)
+
+    async def measure(text: str | None) -> int | None:
+        if text is None:
+            return None
+        async with sem:
+            return await count(text)
+
+    prompt_counts = await asyncio.gather(*(measure(e.prompt) for e in entries))
+    reply_counts = await asyncio.gather(*(measure(e.output_text) for e in entries))
+    planned: list[PlannedRequest] = []
+    from_file = 0
+    for entry, reply, fallback in zip(entries, reply_counts, o_lens, strict=True):
+        # The tokenizer counts the reply with its BOS token, one more than it generates.
+        wanted = entry.output_tokens or (max(reply - 1, 1) if reply is not None else None)
+        from_file += wanted is not None
+        planned.append(PlannedRequest(entry.prompt, wanted or fallback))
+    measured = [c for c in prompt_counts if c is not None]
+    info: dict[str, Any] = {
+        "dataset": dataset.info(),
+        "tokenizer": "server" if len(measured) == len(entries) else "approximate",
+        "prompts": len(entries),
+        "measured_tokens_min": min(measured) if measured else None,
+        "measured_tokens_max": max(measured) if measured else None,
+        "output_lengths_from_dataset": from_file,
+        "counted": "message content" if spec.api == "chat" else "whole prompt",
+    }
+    return planned[: spec.warmup_requests], planned[spec.warmup_requests :], info
 
 
 class _Runner:

@@ -51,6 +51,13 @@ class WorkloadSpec:
     # Each request gets its own prompt so that a server's prompt (prefix) cache cannot
     # turn later requests' prefill into a cache hit; llama.cpp caches by default.
     distinct_prompts: bool = True
+    # Length distributions (memgap.load.datasets): set, a length is drawn per request,
+    # uniform on [prompt_tokens, prompt_tokens_max] / [output_tokens, output_tokens_max].
+    prompt_tokens_max: int | None = None
+    output_tokens_max: int | None = None
+    # A JSONL / ShareGPT file of prompts: replaces the synthetic prompts (and sets output
+    # lengths where the file gives them; output_tokens otherwise).
+    dataset: str | None = None
 
     def __post_init__(self) -> None:
         if self.api not in API_PATHS:
@@ -65,6 +72,12 @@ class WorkloadSpec:
             raise UsageError(
                 f"workload warmup_requests: must be >= 0, got {self.warmup_requests!r}"
             )
+        for name, low in (("prompt_tokens_max", self.prompt_tokens), ("output_tokens_max", self.output_tokens)):
+            high = getattr(self, name)
+            if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high < low):
+                raise UsageError(f"workload {name}: must be a whole number >= {low}, got {high!r}")
+        if self.prompt_tokens_max is not None and not self.distinct_prompts:
+            raise UsageError("workload prompt_tokens_max: needs distinct_prompts")
         rate = self.request_rate_per_s
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise UsageError(f"workload request_rate_per_s: must be > 0 or unset, got {rate!r}")
