@@ -153,6 +153,10 @@ def vllm(r: MemoryReadings, c: EngineCosts, *, fraction: float | None = None,
         note = (f"would refuse to start: {check_source} {startup_free} B is below "
                 f"total x gpu_memory_utilization = {requested} B")
         budget = None
+    elif requested <= non_kv:
+        # kv_cache_utils.py: "No available memory for the cache blocks."
+        note = "would refuse to start: weights and activations leave no memory for the cache blocks"
+        budget = None
     return KvBudget(
         engine="vllm", rule="vllm",
         formula="total * gpu_memory_utilization - (weights + activation peak + non-torch)",

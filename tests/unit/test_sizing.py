@@ -55,6 +55,8 @@ def test_vllm_refuses_when_free_is_below_request() -> None:
     r = MemoryReadings(total_bytes=80 * GiB, free_bytes=60 * GiB)
     b = sizing.vllm(r, EngineCosts(weights_bytes=10 * GiB))
     assert b.kv_budget_bytes is None and b.note and "refuse" in b.note
+    full = sizing.vllm(r, EngineCosts(weights_bytes=40 * GiB), fraction=0.5)
+    assert full.kv_budget_bytes is None and full.note and "no memory for the cache blocks" in full.note
     ok = sizing.vllm(r, EngineCosts(weights_bytes=10 * GiB), fraction=0.7)
     assert ok.kv_budget_bytes == int(80 * GiB * 0.7) - 10 * GiB
 
