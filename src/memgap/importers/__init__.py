@@ -21,6 +21,7 @@ from memgap.store import Store
 # name -> module. Modules are imported on first use, so a broken importer breaks only itself.
 IMPORTERS: dict[str, str] = {
     "benchmark-spark": "memgap.importers.benchmark_spark",
+    "trtllm-log": "memgap.importers.trtllm_log",
 }
 
 # The run record's top-level keys, as memgap.runner.build_record writes them (a unit test
