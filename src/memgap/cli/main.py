@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memgap.cli.doctor",
     "memgap.cli.importer",
     "memgap.cli.explain",
+    "memgap.cli.watch",
     "memgap.cli.compare",
 )
 
