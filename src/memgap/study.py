@@ -85,7 +85,7 @@ def make_env(exp: Experiment, cell: Cell) -> Environment:
     limit, container = _env_settings(exp, cell.variant)
     opts = None
     if cell.environment in ("docker", "podman", "chroot"):
-        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in container.items()}
+        conv: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in container.items()}
         if "rootfs" in conv and conv["rootfs"] is not None:
             conv["rootfs"] = Path(conv["rootfs"])
         try:
