@@ -152,6 +152,12 @@ def describe_failure(
         if oom:
             parts.append(f"cgroup oom_kill count {oom}")
         return f"engine was OOM-killed {when} ({'; '.join(parts)})"
+    peak, limit = cg.get("peak_bytes"), cg.get("limit_bytes")
+    if not oom and exit_status in (137, -9) and peak is not None and limit is not None and peak >= limit:
+        # The cgroup (a container's) was gone before its oom_kill counter could be read;
+        # SIGKILL with the watermark at the limit is the kernel's OOM killer at work.
+        return (f"engine was OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup's "
+                f"peak at the limit {format_bytes(limit)})")
     if oom:
         limit = cg.get("limit_bytes")
         lim = f", limit {format_bytes(limit)}" if limit is not None else ""
@@ -176,6 +182,7 @@ def _cgroup_final(running: RunningEngine) -> dict[str, Any] | None:
         "oom_events": cg.oom_events,
         "failcnt": cg.failcnt,
         "limit_bytes": cg.limit_bytes,
+        "peak_bytes": cg.peak_bytes,
         "events": dict(cg.events),
     }
 

@@ -197,3 +197,27 @@ def test_an_oom_killed_container_reports_exit_status_and_flag() -> None:
     assert info["container"]["state"]["exit_code"] == 137
     assert info["engine_stats"]["source"] == "docker stats --no-stream"
     assert not any(c[0] == "stop" for c in cli.calls)  # nothing to stop: it already exited
+
+
+# ------------------------------------------------------------------- failure descriptions
+
+
+def test_container_oom_flag_with_the_last_cgroup_reading_is_the_evidence() -> None:
+    from memgap.runner import DIED_BEFORE_READY, describe_failure
+
+    cg = {"limit_bytes": 100 * 2**20, "failcnt": 3, "oom_kill_count": 1, "peak_bytes": 100 * 2**20}
+    msg = describe_failure(DIED_BEFORE_READY, 137, cg, oom_killed=True)
+    assert msg.startswith("engine was OOM-killed before it was ready")
+    for part in ("State.OOMKilled=true", "exit status 137", "limit 100.0 MiB", "failcnt 3", "oom_kill count 1"):
+        assert part in msg
+
+
+def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
+    from memgap.runner import DIED_DURING_WORKLOAD, describe_failure
+
+    at_limit = {"limit_bytes": 2**27, "peak_bytes": 2**27, "oom_kill_count": None}
+    assert "OOM-killed during the workload" in describe_failure(DIED_DURING_WORKLOAD, 137, at_limit)
+    below = {"limit_bytes": 2**27, "peak_bytes": 2**26, "oom_kill_count": None}
+    assert describe_failure(DIED_DURING_WORKLOAD, 137, below) == "engine exited with status 137 during the workload"
+    # A container that was stopped normally is no failure to describe.
+    assert describe_failure(DIED_DURING_WORKLOAD, 0, None, oom_killed=False) == "engine exited with status 0 during the workload"
