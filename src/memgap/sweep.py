@@ -1,0 +1,420 @@
+"""Sweeps: one run per load point and KV budget, the curves they make, and where they part.
+
+A sweep varies the load (concurrency, or request rate) and the engine's KV budget
+(llama.cpp's ``--ctx-size``: KV cells in total) and makes one ordinary run per point with
+:func:`memgap.runner.execute_run`, stored like any run, sharing a sweep id as its study id
+and naming its point in its label. Points are ordered load-major with the KV budgets
+interleaved, so every budget sees the machine in the same state at each load (runs
+ordered budget by budget confound budget with time). Each run starts a fresh engine, so
+no prompt (prefix) cache carries over from one point to the next.
+
+How a KV budget limits llama.cpp, measured here (SmolLM2, build of 2026-11): with
+``--kv-unified`` all slots share the cells, and when they fill up the server does *not*
+queue -- it purges other slots' cache and then fails every active request ("Context size
+has been exceeded", HTTP 500 or an error event). Without it each of ``--parallel`` slots
+gets ``ctx / parallel`` cells, and a request longer than that fails. Either way the
+budget caps how many requests can hold KV at once; ``parallel="fit"`` makes that cap
+explicit as ``ctx // tokens per request`` slots, and requests beyond it wait in the
+server's queue (``llamacpp:requests_deferred``), as they would for lack of KV blocks
+in vLLM or SGLang.
+
+Everything here but :func:`run_sweep` is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from memgap.engines.base import Engine
+from memgap.envs.base import Environment
+from memgap.errors import UsageError
+from memgap.load.records import RequestRecord
+from memgap.load.slo import SLO, Goodput, goodput
+from memgap.load.spec import WorkloadSpec
+from memgap.runner import RunConfig, RunObserver, execute_run
+from memgap.store import Store
+
+# How many requests a point sends per unit of concurrency when the caller sets no count:
+# enough for every slot to turn over a few times.
+REQUESTS_PER_SLOT = 3
+MIN_REQUESTS = 4
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    concurrency: int
+    request_rate_per_s: float | None = None
+    ctx_size: int | None = None  # the engine's KV budget in tokens; None: the engine's own
+
+    @property
+    def load(self) -> float:
+        """The x of the curves: the rate in rate sweeps, the concurrency otherwise."""
+        return self.request_rate_per_s if self.request_rate_per_s is not None else float(self.concurrency)
+
+    @property
+    def label(self) -> str:
+        parts = [f"c={self.concurrency}"]
+        if self.request_rate_per_s is not None:
+            parts.append(f"rate={self.request_rate_per_s:g}")
+        if self.ctx_size is not None:
+            parts.append(f"ctx={self.ctx_size}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "request_rate_per_s": self.request_rate_per_s, "ctx_size": self.ctx_size}
+
+
+def plan_points(
+    concurrency: Sequence[int], rates: Sequence[float] = (), ctx_sizes: Sequence[int | None] = (None,)
+) -> list[SweepPoint]:
+    """Load-major, KV budgets interleaved. With rates, each rate runs at the largest
+    concurrency given (the client's cap on requests in flight)."""
+    if not concurrency:
+        raise UsageError("a sweep needs at least one concurrency")
+    if any(c < 1 for c in concurrency):
+        raise UsageError(f"concurrency must be >= 1, got {list(concurrency)}")
+    if any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise UsageError(f"request rates must be > 0, got {list(rates)}")
+    if any(c is not None and c < 1 for c in ctx_sizes):
+        raise UsageError(f"context sizes must be >= 1, got {list(ctx_sizes)}")
+    budgets = list(dict.fromkeys(ctx_sizes)) or [None]
+    if rates:
+        cap = max(concurrency)
+        return [SweepPoint(cap, float(r), c) for r in sorted(set(rates)) for c in budgets]
+    return [SweepPoint(n, None, c) for n in sorted(set(concurrency)) for c in budgets]
+
+
+def parse_list(text: str, kind: type[int] | type[float], what: str) -> list[Any]:
+    """``"1,2,4"`` -> [1, 2, 4]; refuses anything else as a UsageError naming ``what``."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(kind(part))
+        except ValueError:
+            raise UsageError(f"{what}: {part!r} is not a {kind.__name__}") from None
+    if not out:
+        raise UsageError(f"{what}: no values in {text!r}")
+    return out
+
+
+def tokens_per_request(spec: WorkloadSpec) -> int:
+    """KV cells one request needs at most: its longest prompt plus its longest output."""
+    return (spec.prompt_tokens_max or spec.prompt_tokens) + (spec.output_tokens_max or spec.output_tokens)
+
+
+def fit_parallel(ctx_size: int, per_request_tokens: int) -> int:
+    """Slots whose per-slot share of ``ctx_size`` cells holds a whole request."""
+    if per_request_tokens < 1:
+        raise UsageError("tokens per request must be >= 1")
+    slots = ctx_size // per_request_tokens
+    if slots < 1:
+        raise UsageError(
+            f"--ctx-size {ctx_size} holds no request of {per_request_tokens} tokens (prompt + output)"
+        )
+    return slots
+
+
+def workload_for(point: SweepPoint, base: WorkloadSpec, requests: int | None) -> WorkloadSpec:
+    n = requests if requests is not None else max(MIN_REQUESTS, REQUESTS_PER_SLOT * point.concurrency)
+    return replace(base, concurrency=point.concurrency, request_rate_per_s=point.request_rate_per_s, requests=n)
+
+
+# -- one point's row ------------------------------------------------------------------------
+
+
+def request_from_row(row: Mapping[str, Any]) -> RequestRecord:
+    """A stored request row (``Store.requests``) back as a RequestRecord."""
+    return RequestRecord(
+        index=int(row.get("idx", row.get("index", 0))),
+        warmup=bool(row["warmup"]),
+        scheduled_s=float(row["scheduled_s"] or 0.0),
+        sent_s=float(row["sent_s"] or 0.0),
+        ttft_s=row.get("ttft_s"),
+        itl_s=tuple(row.get("itl_s") or ()),
+        e2e_s=row.get("e2e_s"),
+        output_tokens=row.get("output_tokens"),
+        output_tokens_client=int(row.get("output_tokens_client") or 0),
+        prompt_tokens=row.get("prompt_tokens"),
+        http_status=row.get("http_status"),
+        error=row.get("error"),
+    )
+
+
+def _window(series: Mapping[str, Any] | None, column: str) -> list[float]:
+    """Non-missing values of ``column`` between the ready and end marks (the workload)."""
+    if not series:
+        return []
+    cols = series.get("columns", {})
+    ts, vals = cols.get("t_s", []), cols.get(column, [])
+    marks = series.get("marks", {})
+    lo, hi = marks.get("ready", -math.inf), marks.get("end", math.inf)
+    return [float(v) for t, v in zip(ts, vals, strict=False) if v is not None and lo <= t <= hi]
+
+
+def _get(d: Mapping[str, Any] | None, *path: str) -> Any:
+    cur: Any = d
+    for p in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def point_row(
+    point: SweepPoint,
+    record: Mapping[str, Any],
+    requests: Sequence[RequestRecord],
+    series: Mapping[str, Any] | None,
+    slo: SLO,
+) -> dict[str, Any]:
+    """What the curves plot for one run (JSON-ready; unknown is None)."""
+    duration = record.get("workload_duration_s")
+    g: Goodput | None = goodput(requests, slo, duration) if duration else None
+    waiting = _window(series, "requests_waiting")
+    running = _window(series, "requests_running")
+    kv = _window(series, "kv_usage_ratio")
+    return {
+        **point.to_dict(),
+        "load": point.load,
+        "run_id": record.get("run_id"),
+        "status": record.get("status"),
+        "failure": record.get("failure"),
+        "parallel": _get(record, "engine_options", "parallel"),
+        "kv_cache_tokens": _get(record, "engine_report", "kv_cache_tokens"),
+        "kv_cache_bytes": _get(record, "engine_report", "kv_cache_bytes"),
+        "requests_ok": record.get("requests_ok"),
+        "requests_errored": record.get("requests_errored"),
+        "errors_by_kind": record.get("errors_by_kind") or {},
+        "output_tokens_per_s": record.get("output_tokens_per_s"),
+        "request_throughput_per_s": record.get("request_throughput_per_s"),
+        "goodput_per_s": g.goodput_per_s if g else None,
+        "slo_met_fraction": g.met_fraction if g else None,
+        "slo_missed_by": dict(g.missed_by) if g else {},
+        "ttft_p50_s": _get(record, "ttft_s", "p50"),
+        "ttft_p99_s": _get(record, "ttft_s", "p99"),
+        "itl_p50_s": _get(record, "itl_s", "p50"),
+        "e2e_p50_s": _get(record, "e2e_s", "p50"),
+        "e2e_p99_s": _get(record, "e2e_s", "p99"),
+        "queue_delay_p50_s": _get(record, "queue_delay_s", "p50"),
+        # the engine's own queue: llamacpp:requests_deferred, vllm:num_requests_waiting, ...
+        "engine_waiting_peak": max(waiting) if waiting else None,
+        "engine_waiting_mean": sum(waiting) / len(waiting) if waiting else None,
+        "engine_running_peak": max(running) if running else None,
+        "kv_usage_peak": max(kv) if kv else None,
+    }
+
+
+# -- curves ---------------------------------------------------------------------------------
+
+
+def curves(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int | None, list[tuple[float, float | None]]]:
+    """``{ctx_size: [(load, value), ...]}`` sorted by load: one curve per KV budget."""
+    out: dict[int | None, list[tuple[float, float | None]]] = {}
+    for r in rows:
+        out.setdefault(r.get("ctx_size"), []).append((float(r["load"]), r.get(metric)))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
+
+
+def _apart(a: float | None, b: float | None, rel_tol: float) -> bool | None:
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        return True  # one side failed outright: as apart as can be
+    scale = max(abs(a), abs(b))
+    return scale > 0 and abs(a - b) / scale > rel_tol
+
+
+def parting_point(
+    a: Sequence[tuple[float, float | None]], b: Sequence[tuple[float, float | None]], rel_tol: float = 0.2
+) -> float | None:
+    """The smallest load from which the two curves stay more than ``rel_tol`` apart
+    (relative to the larger value) at every load both measured; None if they never part.
+    Requiring them to stay apart keeps one noisy point from being called the knee."""
+    bmap = dict(b)
+    common = [(x, y, bmap[x]) for x, y in a if x in bmap]
+    verdicts = [(x, _apart(ya, yb, rel_tol)) for x, ya, yb in common]
+    verdicts = [(x, v) for x, v in verdicts if v is not None]
+    knee = None
+    for x, apart in reversed(verdicts):
+        if not apart:
+            break
+        knee = x
+    return knee
+
+
+def saturation_point(curve: Sequence[tuple[float, float | None]], efficiency: float = 0.25) -> float | None:
+    """The last load up to which throughput still scaled: the load before the first step
+    whose relative gain is below ``efficiency`` times its relative load increase. None
+    when it scaled all the way (or there are fewer than two measured points)."""
+    pts = [(x, y) for x, y in curve if y is not None]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= 0 or y0 <= 0:
+            continue
+        if (y1 / y0 - 1) < efficiency * (x1 / x0 - 1):
+            return x0
+    return None
+
+
+def knees(rows: Sequence[Mapping[str, Any]], rel_tol: float = 0.2) -> dict[str, Any]:
+    """Where the smallest and largest KV budget's curves part, per metric, and where each
+    budget's throughput stops scaling."""
+    tput = curves(rows, "output_tokens_per_s")
+    out: dict[str, Any] = {
+        "saturation": {str(k): saturation_point(v) for k, v in tput.items()},
+        "parting": {},
+    }
+    budgets = sorted(k for k in tput if k is not None)
+    if len(budgets) >= 2:
+        lo, hi = budgets[0], budgets[-1]
+        out["compared"] = [lo, hi]
+        for metric in ("output_tokens_per_s", "goodput_per_s", "ttft_p50_s", "e2e_p50_s", "engine_waiting_peak"):
+            c = curves(rows, metric)
+            out["parting"][metric] = parting_point(c[lo], c[hi], rel_tol)
+    return out
+
+
+# -- saturation search ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaturationResult:
+    best_rate_per_s: float | None  # highest rate tried that met the SLOs; None: not even the lowest
+    bounded: bool  # False: the highest rate tried still met them, the limit is above it
+    trials: list[dict[str, Any]] = field(default_factory=list)  # rate, met_fraction, meets, run_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_rate_per_s": self.best_rate_per_s, "bounded": self.bounded, "trials": list(self.trials)}
+
+
+def saturation_search(
+    measure: Callable[[float], tuple[bool, dict[str, Any]]], lo: float, hi: float, steps: int
+) -> SaturationResult:
+    """Highest rate in [lo, hi] at which ``measure(rate)`` says the SLOs hold, by bisection
+    on a log scale (``steps`` runs after the two bounds). ``measure`` returns whether the
+    rate met the SLOs and what to keep of the trial."""
+    if not (0 < lo < hi) or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UsageError(f"saturation search needs 0 < low rate < high rate, got {lo}, {hi}")
+    if steps < 0:
+        raise UsageError(f"saturation steps must be >= 0, got {steps}")
+    trials: list[dict[str, Any]] = []
+
+    def trial(rate: float) -> bool:
+        ok, info = measure(rate)
+        trials.append({"rate_per_s": rate, "meets": ok, **info})
+        return ok
+
+    if trial(hi):
+        return SaturationResult(hi, False, trials)
+    if not trial(lo):
+        return SaturationResult(None, True, trials)
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if trial(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SaturationResult(lo, True, trials)
+
+
+def new_sweep_id() -> str:
+    return "sweep-" + uuid.uuid4().hex[:10]
+
+
+# -- running (I/O) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    base: RunConfig  # environment, sampler, limits; its workload is the base of every point's
+    slo: SLO = field(default_factory=SLO)
+    requests: int | None = None  # per point; None: REQUESTS_PER_SLOT x concurrency
+    sweep_id: str = field(default_factory=new_sweep_id)
+
+
+def run_point(
+    point: SweepPoint,
+    settings: SweepSettings,
+    engine_for: Callable[[SweepPoint], Engine],
+    store: Store,
+    *,
+    environment: Environment | None = None,
+    observer: RunObserver | None = None,
+    execute: Callable[..., dict[str, Any]] = execute_run,
+) -> dict[str, Any]:
+    """One run at ``point``, stored like any run (study id = sweep id, point in the label);
+    returns its row, read back from the store."""
+    cfg = replace(
+        settings.base,
+        workload=workload_for(point, settings.base.workload, settings.requests),
+        label=f"{settings.sweep_id} {point.label}",
+        study_id=settings.sweep_id,
+    )
+    record = execute(cfg, engine_for(point), store, environment=environment, observer=observer)
+    run_id = record["run_id"]
+    requests = [request_from_row(r) for r in store.requests(run_id)]
+    return point_row(point, record, requests, store.series(run_id), settings.slo)
+
+
+def run_sweep(
+    points: Sequence[SweepPoint],
+    settings: SweepSettings,
+    engine_for: Callable[[SweepPoint], Engine],
+    store: Store,
+    *,
+    environment: Environment | None = None,
+    observer: RunObserver | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    execute: Callable[..., dict[str, Any]] = execute_run,
+) -> list[dict[str, Any]]:
+    """Every point in order; each run is committed when it ends, so an interrupted sweep
+    keeps the points it finished."""
+    rows = []
+    for point in points:
+        row = run_point(point, settings, engine_for, store, environment=environment, observer=observer, execute=execute)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def search_saturation(
+    settings: SweepSettings,
+    engine_for: Callable[[SweepPoint], Engine],
+    store: Store,
+    *,
+    concurrency: int,
+    ctx_size: int | None,
+    lo: float,
+    hi: float,
+    steps: int,
+    attainment: float,
+    environment: Environment | None = None,
+    observer: RunObserver | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    execute: Callable[..., dict[str, Any]] = execute_run,
+) -> tuple[SaturationResult, list[dict[str, Any]]]:
+    """The highest request rate at which at least ``attainment`` of the requests meet the
+    SLOs, one stored run per rate tried."""
+    if settings.slo.empty:
+        raise UsageError("a saturation search needs an SLO (--slo ttft_s=...,e2e_s=...)")
+    if not (0 < attainment <= 1):
+        raise UsageError(f"SLO attainment must be in (0, 1], got {attainment}")
+    rows: list[dict[str, Any]] = []
+
+    def measure(rate: float) -> tuple[bool, dict[str, Any]]:
+        row = run_point(SweepPoint(concurrency, rate, ctx_size), settings, engine_for, store,
+                        environment=environment, observer=observer, execute=execute)  # fmt: skip
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        met = row["slo_met_fraction"]
+        return met is not None and met >= attainment, {"met_fraction": met, "run_id": row["run_id"]}
+
+    return saturation_search(measure, lo, hi, steps), rows
