@@ -285,3 +285,12 @@ def paired_differences(
         else:
             out.append(float(y) - float(x))
     return out
+
+
+def mean_ci(values: Sequence[float | None], *, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of one group's mean; None below 2 values."""
+    s = summarize(values)
+    if s.n < 2 or s.mean is None or s.sd is None:
+        return None
+    h = float(sps.t.ppf((1 + level) / 2, s.n - 1)) * s.sd / math.sqrt(s.n)
+    return s.mean - h, s.mean + h

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memgap.cli.explain",
     "memgap.cli.watch",
     "memgap.cli.compare",
+    "memgap.cli.report",
 )
 
 for _name in COMMAND_MODULES:
