@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memgap.cli.watch",
     "memgap.cli.compare",
     "memgap.cli.report",
+    "memgap.cli.sweep",
 )
 
 for _name in COMMAND_MODULES:
