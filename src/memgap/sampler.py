@@ -20,7 +20,7 @@ from memgap.collect.cgroup import CgroupRef, parse_memory_stat
 from memgap.collect.engine_metrics import engine_metrics
 from memgap.collect.fastread import FileReader
 from memgap.collect.meminfo import parse_meminfo
-from memgap.collect.process import ProcessKey, process_tree, read_smaps_rollup, read_status
+from memgap.collect.process import ProcessKey, process_key, process_tree, read_smaps_rollup
 
 # Column names of the series. Sparse columns (smaps, engine metrics) hold None where
 # not read at that tick.
@@ -114,6 +114,48 @@ class MemorySeries:
         return s
 
 
+# The high-rate path looks up only the keys it needs with str.find (C speed) instead of
+# parsing every line in Python: at 100 Hz the full parsers alone cost ~2% of a core, a
+# regex scan ~1% (benchmarks/sampler_cost.py). A file where a required key is missing
+# (garbage, another kernel's layout) falls back to the full parser, whose error names the
+# file and line.
+_MEMINFO_KEYS = ("MemTotal:", "MemFree:", "MemAvailable:", "Cached:", "Shmem:")
+_STATUS_KEYS = ("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "VmHWM:")
+# v1's total_* are hierarchical; the plain keys are read only where total_* are missing.
+_CG_STAT_KEYS = {
+    1: (("total_rss ", "total_cache ", "total_shmem ", "total_mapped_file "),
+        ("rss ", "cache ", "shmem ", "mapped_file ")),
+    2: (("anon ", "file ", "shmem ", "file_mapped ", "kernel "),
+        ("kernel_stack ", "pagetables ", "sec_pagetables ", "percpu ", "sock ", "vmalloc ", "slab ")),
+}
+
+
+def _lookup(text: str, keys: tuple[str, ...], kb: bool) -> dict[str, int]:
+    """``{key without its separator: bytes}`` for each key found at a line start; a line
+    whose value is not a number (or, with ``kb``, does not end in " kB") is left out."""
+    out: dict[str, int] = {}
+    for key in keys:
+        if text.startswith(key):
+            i = len(key)
+        else:
+            i = text.find("\n" + key)
+            if i < 0:
+                continue
+            i += len(key) + 1
+        j = text.find("\n", i)
+        if j < 0:
+            j = len(text)
+        if kb:
+            if text[j - 3 : j] != " kB":
+                continue
+            j -= 3
+        try:
+            out[key.rstrip(": ")] = int(text[i:j]) * (1024 if kb else 1)
+        except ValueError:
+            continue
+    return out
+
+
 def _stat_get(stat: Mapping[str, int], version: int, v2: str, v1: tuple[str, ...]) -> int | None:
     if version == 2:
         return stat.get(v2)
@@ -132,6 +174,9 @@ def _v2_kernel(stat: Mapping[str, int]) -> int | None:
         return stat["kernel"]
     parts = [stat[k] for k in _V2_KERNEL_PARTS if k in stat]
     return sum(parts) if parts else None
+
+
+_SHORT_WAIT_S = 0.05
 
 
 class Sampler:
@@ -161,6 +206,7 @@ class Sampler:
         self._smaps_at = -1e9
         self._metrics_at = -1e9
         self._hwm: dict[ProcessKey, int] = {}
+        self._status: dict[ProcessKey, FileReader] = {}
         self._meminfo = FileReader(proc_root / "meminfo")
         self._cg_usage: FileReader | None = None
         self._cg_stat: FileReader | None = None
@@ -205,9 +251,11 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        for r in (self._meminfo, self._cg_usage, self._cg_stat, self._cg_kmem):
-            if r is not None:
-                r.close()
+        with self._lock:
+            for r in (self._meminfo, self._cg_usage, self._cg_stat, self._cg_kmem, *self._status.values()):
+                if r is not None:
+                    r.close()
+            self._status.clear()
         if self._hwm:
             self.series.kernel_process_hwm_bytes = max(self._hwm.values())
         return self.series
@@ -217,8 +265,16 @@ class Sampler:
         next_t = time.monotonic() + period
         while not self._stop.is_set():
             delay = next_t - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                break
+            if delay > 0:
+                # Short waits sleep: Event.wait allocates and takes two locks per call, a
+                # third of the cost of an idle 100 Hz loop here. stop() then waits at most
+                # one short period; long waits stay interruptible.
+                if delay <= _SHORT_WAIT_S:
+                    time.sleep(delay)
+                    if self._stop.is_set():
+                        break
+                elif self._stop.wait(delay):
+                    break
             self.sample()
             next_t += period
             # After a stall (suspend, overloaded box), skip missed ticks instead of bursting.
@@ -249,6 +305,16 @@ class Sampler:
         if text is None:
             self._note("host: /proc/meminfo unreadable")
             return
+        kb = _lookup(text, _MEMINFO_KEYS, kb=True)
+        if "MemTotal" in kb and "MemFree" in kb:
+            total, avail = kb["MemTotal"], kb.get("MemAvailable")
+            self.series.host_total_bytes = total
+            row["host_free_bytes"] = kb["MemFree"]
+            row["host_available_bytes"] = avail
+            row["host_cached_bytes"] = kb.get("Cached")
+            row["host_shmem_bytes"] = kb.get("Shmem")
+            row["host_used_bytes"] = None if avail is None else total - avail
+            return
         try:
             mi = parse_meminfo(text)
         except Exception as e:  # noqa: BLE001 - a bad sample is noted, never fatal
@@ -270,11 +336,16 @@ class Sampler:
         stat_text = self._cg_stat.read_text()
         if stat_text is None:
             return
-        try:
-            stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / "memory.stat"))
-        except Exception as e:  # noqa: BLE001
-            self._note(f"cgroup: {e}")
-            return
+        first, fallback = _CG_STAT_KEYS[self.cgroup.version]
+        stat = _lookup(stat_text, first, kb=False)
+        if len(stat) < len(first) - 1:  # v2 "kernel" is 5.18+; anything else missing: older layout
+            stat.update(_lookup(stat_text, fallback, kb=False))
+        if not stat:
+            try:
+                stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / "memory.stat"))
+            except Exception as e:  # noqa: BLE001
+                self._note(f"cgroup: {e}")
+                return
         v = self.cgroup.version
         # v1: total_* are hierarchical (include children); the run's cgroup has none, but
         # prefer them so a nested layout (docker --cgroup-parent) reads the same.
@@ -290,26 +361,27 @@ class Sampler:
                 row["cgroup_kmem_bytes"] = int(kmem)
 
     def _sample_processes(self, row: dict[str, Any], t: float) -> None:
-        if t - self._tree_at >= self.config.tree_refresh_s or not self._tree:
+        if t - self._tree_at >= self.config.tree_refresh_s:  # also when empty: a gone tree is not re-walked every tick
             self._tree = process_tree(self.pid, self.proc_root)
             self._tree_at = t
-        totals = {"rss": 0, "anon": 0, "file": 0, "shmem": 0}
+            self._sync_status_readers()
+        totals = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
         seen = 0
         for key in self._tree:
-            st = read_status(key, self.proc_root)
-            if st is None:
+            reader = self._status.get(key)
+            text = reader.read_text() if reader is not None else None
+            if text is None:
+                continue
+            kb = _lookup(text, _STATUS_KEYS, kb=True)
+            if not kb:  # a kernel thread (no Vm* lines), or not a status file
                 continue
             seen += 1
-            for name, val in (
-                ("rss", st.vm_rss_bytes),
-                ("anon", st.rss_anon_bytes),
-                ("file", st.rss_file_bytes),
-                ("shmem", st.rss_shmem_bytes),
-            ):
-                if val is not None:
-                    totals[name] += val
-            if st.vm_hwm_bytes is not None:
-                self._hwm[key] = st.vm_hwm_bytes
+            for name in totals:
+                totals[name] += kb.get(name, 0)
+            if "VmHWM" in kb:
+                self._hwm[key] = kb["VmHWM"]
+        totals = {"rss": totals["VmRSS"], "anon": totals["RssAnon"], "file": totals["RssFile"],
+                  "shmem": totals["RssShmem"]}
         if seen:
             row["process_rss_bytes"] = totals["rss"]
             row["process_anon_bytes"] = totals["anon"]
@@ -326,6 +398,23 @@ class Sampler:
                     pss += sm.pss_bytes
                     any_read = True
             row["process_pss_bytes"] = pss if any_read else None
+
+    def _sync_status_readers(self) -> None:
+        """Keep /proc/PID/status open for each process of the tree. The descriptor is bound
+        to the process it was opened for: once that process exits, reads fail (ESRCH) and
+        ``reopen=False`` keeps a reused PID from being read as the same process. The start
+        time is checked after opening, so a PID reused before the open is refused too."""
+        keep = set(self._tree)
+        for key in [k for k in self._status if k not in keep]:
+            self._status.pop(key).close()
+        for key in self._tree:
+            if key in self._status:
+                continue
+            reader = FileReader(self.proc_root / str(key.pid) / "status", reopen=False)
+            if reader.read_text() is None or process_key(key.pid, self.proc_root) != key:
+                reader.close()
+                continue
+            self._status[key] = reader
 
     def _sample_metrics(self, row: dict[str, Any], t: float) -> None:
         if self.metrics_fetch is None or t - self._metrics_at < self.config.metrics_interval_s:
