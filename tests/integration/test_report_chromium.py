@@ -1,0 +1,135 @@
+"""The HTML report in a real browser (Debian's headless chromium): it renders, is not
+blank, and the page makes no request of its own."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from memgap.cli.main import main
+from memgap.memory import memory_summary
+from memgap.sampler import COLUMNS, MemorySeries
+from memgap.store import Store
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (scripts/setup.sh installs it)")
+# Requests chromium makes for itself (component updater, time and account checks) even
+# with background networking off; the page's own requests would go anywhere else.
+BROWSER_OWN = re.compile(r"^https?://([a-z0-9-]+\.)*(google\.com|googleapis\.com|gstatic\.com|~notfound)(/|$)")
+MIB = 1 << 20
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and rows of an 8-bit RGB/RGBA non-interlaced PNG (what chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    height = channels = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and interlace == 0 and ctype in (2, 6)
+            channels = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+    raw = zlib.decompress(idat)
+    stride = width * channels
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    i = 0
+    for _ in range(height):
+        f, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - channels] if x >= channels else 0
+            b = prev[x]
+            c = prev[x - channels] if x >= channels else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line) if channels == 3 else bytes(v for k, v in enumerate(line) if k % 4 != 3))
+        prev = line
+    return width, height, rows
+
+
+def _store(db: Path) -> None:
+    with Store(db) as st:
+        for i in range(6):
+            env = "native" if i % 2 == 0 else "sandbox"
+            s = MemorySeries(rate_hz=10.0)
+            n = 60
+            s.columns = {c: [None] * n for c in COLUMNS}
+            s.columns["t_s"] = [k / 10 for k in range(n)]
+            s.columns["process_rss_bytes"] = [int((100 + 200 * (1 - math.exp(-k / 8)) + 20 * (i % 2)) * MIB)
+                                              for k in range(n)]
+            s.columns["host_used_bytes"] = [2000 * MIB + v for v in s.columns["process_rss_bytes"]]
+            s.marks = {"start": 0.0, "ready": 1.0, "end": 5.9}
+            st.add_run({"run_id": f"r{i}", "created_at": f"2026-01-01T00:0{i}:00+00:00", "status": "ok",
+                        "environment": env, "engine": "llamacpp", "model": "smollm2 <b>&</b>",
+                        "output_tokens_per_s": 70.0 + i % 3, "engine_report": {"kv_cache_bytes": 180 * MIB},
+                        "memory": memory_summary(s)}, series=s.to_dict())
+
+
+def _chromium(page: Path, tmp: Path, name: str) -> tuple[Path, list[str]]:
+    shot, netlog = tmp / f"{name}.png", tmp / f"{name}-net.json"
+    assert CHROMIUM is not None
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / (name + '-profile')}",
+         "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}", "--window-size=1100,1600",
+         f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+    urls = sorted(set(re.findall(r'"url":"(https?://[^"]*)"', netlog.read_text(errors="replace"))))
+    return shot, urls
+
+
+@needs_chromium
+def test_report_renders_not_blank_and_requests_nothing(tmp_path: Path) -> None:
+    db, html = tmp_path / "s.db", tmp_path / "report.html"
+    _store(db)
+    assert main(["report", "--store", str(db), "--html", str(html)]) == 0
+    text = html.read_text()
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//""", text, re.I)
+    assert "default-src 'none'" in text.replace("&#x27;", "'")
+
+    shot, urls = _chromium(html, tmp_path, "report")
+    page_requests = [u for u in urls if not BROWSER_OWN.match(u)]
+    assert page_requests == []
+    w, h, rows = _png_pixels(shot.read_bytes())
+    assert (w, h) == (1100, 1600)
+    pixels = [row[k:k + 3] for row in rows[::4] for k in range(0, len(row), 12)]
+    non_white = sum(p != b"\xff\xff\xff" for p in pixels) / len(pixels)
+    colours = {p for p in pixels}
+    assert non_white > 0.02, non_white  # text and charts drawn
+    assert len(colours) > 20  # anti-aliased text and coloured chart lines, not a flat page
+    # the environment colours of the timeline chart are on the page
+    assert any(p[2] > 150 and p[0] < 80 for p in pixels)  # the blue of the first environment
+
+
+@needs_chromium
+def test_the_request_check_would_see_a_page_request(tmp_path: Path) -> None:
+    """Control: a page that loads an image from elsewhere shows up in the net log."""
+    page = tmp_path / "control.html"
+    page.write_text('<html><body><img src="http://memgap-control.invalid/x.png"></body></html>')
+    _, urls = _chromium(page, tmp_path, "control")
+    assert any("memgap-control.invalid" in u for u in urls), json.dumps(urls)
