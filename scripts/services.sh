@@ -100,7 +100,7 @@ start_dockerd() {
 }
 
 stop_dockerd() {
-    [ -f "$PIDFILE" ] || { log "dockerd not running"; return 0; }
+    [ -f "$PIDFILE" ] || { unmount_leftovers; log "dockerd not running"; return 0; }
     local pid; pid=$(cat "$PIDFILE")
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid"
@@ -111,7 +111,16 @@ stop_dockerd() {
         fi
     fi
     rm -f "$PIDFILE" "$SOCK"
+    unmount_leftovers
     log "dockerd stopped"
+}
+
+unmount_leftovers() {
+    # dockerd leaves its default network namespace bind-mounted under its exec root.
+    local m
+    for m in $(awk -v a="$DIR/" -v b="$DATA" '{ if (index($5, a) == 1 || index($5, b) == 1) print $5 }' /proc/self/mountinfo | sort -r); do
+        umount -l "$m" 2>/dev/null || log "could not unmount $m"
+    done
 }
 
 case "${1:-start}" in
