@@ -169,6 +169,16 @@ def describe_failure(
     return f"engine exited with status {exit_status} {when}"
 
 
+_PORT_IN_USE = ("address already in use", "couldn't bind http server socket", "port is already allocated")
+
+
+def port_in_use(log_text: str) -> bool:
+    """Whether the engine (or the container engine publishing its port) said the port
+    was taken; the runner picks a free port, but another process may take it first."""
+    low = log_text[-20000:].lower()
+    return any(m in low for m in _PORT_IN_USE)
+
+
 def _cgroup_final(running: RunningEngine) -> dict[str, Any] | None:
     """The run's own cgroup's OOM and limit counters, or None (no cgroup, or gone)."""
     if running.cgroup is None or not running.cgroup.path.is_dir():
@@ -283,6 +293,8 @@ def execute_run(
 
     if failure is not None and not interrupted:
         failure = describe_failure(failure, exit_status, cgroup_final, env_run_info.get("oom_killed"))
+        if port_in_use(log_text):
+            failure += f" (port {port} was already in use)"
 
     report = engine.parse_log(log_text)
     summary = workload_result.summary if workload_result is not None else None

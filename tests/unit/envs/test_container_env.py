@@ -221,3 +221,18 @@ def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
     assert describe_failure(DIED_DURING_WORKLOAD, 137, below) == "engine exited with status 137 during the workload"
     # A container that was stopped normally is no failure to describe.
     assert describe_failure(DIED_DURING_WORKLOAD, 0, None, oom_killed=False) == "engine exited with status 0 during the workload"
+
+
+@pytest.mark.parametrize(
+    ("log", "taken"),
+    [
+        ("srv  llama_server: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 8080\n", True),
+        ("docker: Error response from daemon: Bind for 127.0.0.1:8080 failed: port is already allocated.", True),
+        ("OSError: [Errno 98] Address already in use", True),
+        ("main: server is listening on http://127.0.0.1:8080", False),
+    ],
+)
+def test_port_in_use_is_recognised_in_the_log(log: str, taken: bool) -> None:
+    from memgap.runner import port_in_use
+
+    assert port_in_use(log) is taken
