@@ -124,7 +124,7 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any]) ->
     if params.get("as_json"):
         sys.stdout.write(json.dumps({"store": str(store), **out.to_dict()}, indent=2, default=str) + "\n")
         return 0
-    con = Console(highlight=False)
+    con = Console(highlight=False, soft_wrap=True)
     con.print(f"study {exp.study.name} ({'resumed' if out.resumed else 'new'}) in {store}: "
               f"{len(out.runs_this_time)} run(s) this time, {out.runs_finished} finished in all", markup=False)
     for note in out.notes:

@@ -26,7 +26,7 @@ class Metric:
         if self.unit == "bytes":
             return format_bytes(value, precision=2)
         if self.unit == "s":
-            return format_seconds(value)
+            return ("-" if value < 0 else "") + format_seconds(abs(value))
         return f"{value:.4g}"
 
 
