@@ -139,7 +139,8 @@ def run_flags(opts: ContainerOptions, *, tool: str, gpu_present: bool) -> list[s
     f: list[str] = [f"--network={opts.network}"]
     if opts.seed_flags:
         f += list(SEED_FLAGS)
-        if opts.shm_size is None:
+        # Podman refuses --shm-size with the host's IPC namespace (docker ignores it).
+        if opts.shm_size is None and tool != "podman":
             f.append(f"--shm-size={SEED_SHM_SIZE}")
         if gpu_present and opts.gpus is None:
             f += _gpu_flags(tool, "all")
@@ -342,6 +343,19 @@ def classify_cli_error(tool: str, action: str, stderr: str) -> MemgapError:
     if "no such image" in low or "unable to find image" in low or "image not known" in low or "pull access denied" in low:
         return EnvironmentUnavailable(f"{tool}: image missing ({last}); build or load it first (no registry is contacted)")
     return EnvironmentUnavailable(f"{tool} {action} failed: {last}")
+
+
+def start_failure_hint(stderr: str) -> str:
+    """What a failed ``run`` most likely needs, for the errors seen on real machines."""
+    low = stderr.lower()
+    if "setting rlimit" in low or ("ulimit" in low and "operation not permitted" in low):
+        return (" -- a --ulimit above the host's hard limit needs CAP_SYS_RESOURCE, which this machine "
+                "does not give (see `memgap doctor`); lower it or drop it")
+    if "port is already allocated" in low or "address already in use" in low:
+        return " -- the port was taken; run again (memgap picks a free port each run)"
+    if "crun" in low and "cgroup" in low:
+        return " -- podman's crun cannot use this cgroup layout; use runc (scripts/services.sh writes the config)"
+    return ""
 
 
 class ContainerStartFailed(subprocess.SubprocessError):

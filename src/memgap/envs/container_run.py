@@ -40,6 +40,7 @@ from memgap.envs.container import (
     engine_mounts,
     parse_stats,
     run_flags,
+    start_failure_hint,
 )
 from memgap.errors import EnvironmentUnavailable, MemgapError
 
@@ -390,7 +391,8 @@ class ContainerEnvironment(Environment):
                 err = proc.stderr.decode(errors="replace").strip()
                 spec.log_path.parent.mkdir(parents=True, exist_ok=True)
                 spec.log_path.write_text(err + "\n")
-                raise ContainerStartFailed(f"{self.tool} run failed: {err.splitlines()[-1] if err else proc.returncode}")
+                last = next((ln for ln in reversed(err.splitlines()) if ln.strip() and "--help" not in ln), err)
+                raise ContainerStartFailed(f"{self.tool} run failed: {last or proc.returncode}{start_failure_hint(err)}")
             state = self.cli.inspect(name)
             if state is None:
                 raise ContainerStartFailed(f"{self.tool} run: container {name} vanished right after it started")

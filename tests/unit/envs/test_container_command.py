@@ -45,6 +45,23 @@ def test_every_user_flag_is_passed_in_a_fixed_order() -> None:
     ]
 
 
+def test_podman_seed_flags_leave_out_shm_size_with_host_ipc() -> None:
+    # Podman refuses "--shm-size" in the host's IPC namespace; docker ignores it.
+    f = run_flags(ContainerOptions(seed_flags=True), tool="podman", gpu_present=False)
+    assert f == ["--network=host", *SEED_FLAGS]
+
+
+def test_start_failures_carry_a_hint() -> None:
+    from memgap.envs.container import start_failure_hint
+
+    rlimit = ("docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc "
+              "create failed: unable to start container process: error during container init: error setting "
+              "rlimits for ready process: error setting rlimit type 8: operation not permitted: unknown")
+    assert "CAP_SYS_RESOURCE" in start_failure_hint(rlimit)
+    assert "port was taken" in start_failure_hint("Bind for 127.0.0.1:80 failed: port is already allocated")
+    assert start_failure_hint("something new") == ""
+
+
 def test_podman_gpus_use_cdi_device_names() -> None:
     f = run_flags(ContainerOptions(gpus="all"), tool="podman", gpu_present=True)
     assert f[-2:] == ["--device", "nvidia.com/gpu=all"]
