@@ -173,3 +173,25 @@ def test_auto_detects_a_real_difference(tmp_path: Path) -> None:
 
 def test_cell_is_hashable_group() -> None:
     assert Cell("m", "base", "native").group == ("m", "base")
+
+
+def test_command_line_overrides_the_file() -> None:
+    from memgap.cli.run_study import apply_overrides
+
+    exp = _exp("[workload]\nrequests = 8\n[environment]\ncontainer = { network = \"host\" }\n")
+    params = {"requests": 3, "env": ["native"], "model": Path("/m.gguf"), "memory": "1g", "output_tokens": 99}
+    out = apply_overrides(exp, params, {"requests", "env", "model", "memory"})
+    assert out.workload.requests == 3 and out.workload.output_tokens == exp.workload.output_tokens
+    assert out.study.environments == ["native"] and out.engine.models == ["/m.gguf"]
+    assert out.environment.container == {"network": "host", "memory": "1g"}
+    assert out.fingerprint() != exp.fingerprint()
+
+
+def test_run_with_a_bad_experiment_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memgap.cli.main import main
+
+    bad = tmp_path / "e.toml"
+    bad.write_text('[study]\nname = "x"\niterations = 0\n')
+    assert main(["run", str(bad), "--store", str(tmp_path / "s.db")]) == 2
+    assert f"{bad}:3: study.iterations" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
