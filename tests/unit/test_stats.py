@@ -30,7 +30,7 @@ from memgap.stats import (
 def test_summarize_values() -> None:
     s = summarize([1.0, 2.0, 3.0, 10.0, None])
     assert s.n == 4 and s.mean == 4.0 and s.median == 2.5
-    assert s.sd == pytest.approx(math.sqrt(((9 + 4 + 1 + 36) / 3)))
+    assert s.sd == pytest.approx(math.sqrt((9 + 4 + 1 + 36) / 3))
     assert s.cv == pytest.approx(s.sd / 4.0)
     assert summarize([]).mean is None and summarize([5.0]).sd is None
 
