@@ -19,7 +19,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
+from memgap.collect._text import read_optional
+from memgap.collect.cgroup import (
+    CgroupRef,
+    memory_cgroup_of,
+    parse_mountinfo_cgroups,
+    parse_proc_cgroup,
+)
 from memgap.errors import EnvironmentUnavailable, UsageError
 from memgap.sampler import COLUMNS, MemorySeries, Sampler, SamplerConfig
 from memgap.units import format_bytes
@@ -122,7 +128,7 @@ def resolve_target(pid: int | None, cgroup: str | None, container: str | None, r
     assert pid is not None
     if not (proc_root / str(pid)).is_dir():
         raise UsageError(f"--pid: no process {pid}")
-    own = memory_cgroup_of(pid, proc_root)
+    own = cgroup_seen_from_here(pid, proc_root)
     where = f", memory cgroup {own.path} (v{own.version})" if own else ", no memory cgroup visible"
     return Target(pid, own, f"{desc}process {pid} and its children{where}")
 
@@ -133,6 +139,39 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def cgroup_seen_from_here(pid: int, proc_root: Path = Path("/proc")) -> CgroupRef | None:
+    """The memory cgroup of ``pid`` as a path in THIS mount namespace.
+
+    /proc/PID/cgroup prints paths relative to the reader's cgroup namespace, so it is
+    resolved against this process's mounts (/proc/self/mountinfo) -- not the target's:
+    a container's own mountinfo shows its cgroup at its mount's root."""
+    cg_text = read_optional(proc_root / str(pid) / "cgroup")
+    mi_text = read_optional(proc_root / "self" / "mountinfo")
+    if cg_text is None or mi_text is None:
+        return None
+    lines = parse_proc_cgroup(cg_text, str(proc_root / str(pid) / "cgroup"))
+    mounts = parse_mountinfo_cgroups(mi_text, str(proc_root / "self" / "mountinfo"))
+    v1 = next((ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None)
+    v2 = next((ln for ln in lines if ln.hierarchy_id == 0 and not ln.controllers), None)
+    for version, line in ((1, v1), (2, v2)):
+        if line is None:
+            continue
+        best: tuple[Path, int] | None = None
+        for m in mounts:
+            if m.version != version or (version == 1 and "memory" not in m.controllers):
+                continue
+            root = m.root.rstrip("/")
+            if root and line.path != root and not line.path.startswith(root + "/"):
+                continue  # a mount of another subtree
+            if best is None or len(root) > best[1]:
+                best = (m.mount_point / line.path[len(root):].lstrip("/"), len(root))
+        if best is not None and best[0].is_dir():
+            if version == 2 and not (best[0] / "memory.current").exists():
+                return None  # hybrid layout: memory is not on the v2 hierarchy
+            return CgroupRef(version=version, path=best[0], relpath=line.path)  # type: ignore[arg-type]
+    return None
 
 
 def series_rows(series: MemorySeries) -> list[dict[str, Any]]:

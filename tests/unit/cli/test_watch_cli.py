@@ -122,3 +122,33 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
 
 def test_output_format() -> None:
     assert output_format(Path("a.CSV")) == "csv" and output_format(Path("a.ndjson")) == "jsonl"
+
+
+def test_cgroup_seen_from_here_matches_our_own() -> None:
+    from memgap.cli.watch import cgroup_seen_from_here
+
+    own = memory_cgroup_of("self")
+    if own is None:
+        pytest.skip("no memory cgroup visible")
+    assert cgroup_seen_from_here(os.getpid()) == own
+
+
+def test_cgroup_seen_from_here_uses_our_mounts_not_the_targets(tmp_path: Path) -> None:
+    """A container's /proc/PID/mountinfo shows its cgroup at its mount's root; the path in
+    /proc/PID/cgroup is resolved against this process's mounts instead."""
+    from memgap.cli.watch import cgroup_seen_from_here
+
+    own = memory_cgroup_of("self")
+    if own is None or own.version != 1:
+        pytest.skip("needs a v1 memory cgroup of our own")
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "77").mkdir()
+    (proc / "self" / "mountinfo").write_text(Path("/proc/self/mountinfo").read_text())
+    (proc / "77" / "cgroup").write_text(f"4:memory:{own.relpath}\n1:name=systemd:/x\n")
+    # the target's own view would say "/" -- it is not read
+    (proc / "77" / "mountinfo").write_text("garbage\n")
+    ref = cgroup_seen_from_here(77, proc)
+    assert ref is not None and ref.path == own.path and ref.version == 1
+    (proc / "77" / "cgroup").write_text("4:memory:/no/such/cgroup\n")
+    assert cgroup_seen_from_here(77, proc) is None
