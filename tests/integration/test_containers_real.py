@@ -224,7 +224,7 @@ def test_stale_container_of_a_dead_memgap_is_removed(services: dict[str, str], n
         cli.remove(cid)
 
 
-@pytest.mark.parametrize("env_name", ["docker", "chroot"])
+@pytest.mark.parametrize("env_name", ["docker", "podman", "chroot"])
 def test_ctrl_c_removes_everything(env_name: str, tmp_path: Path, services: dict[str, str], nothing_left: None) -> None:
     proc = subprocess.Popen(
         [*MEMGAP, "run", "--env", env_name, "--requests", "50", "--output-tokens", "64", *SHORT,
@@ -256,8 +256,8 @@ def _engine_started(env_name: str, memgap_pid: int, services: dict[str, str]) ->
     """This test's own engine (other llama-servers may run on the machine)."""
     import psutil
 
-    if env_name == "docker":
-        return any(_owner_pid(c, services) == memgap_pid for c in _labelled("docker", services))
+    if env_name in ("docker", "podman"):
+        return any(_owner_pid(env_name, c, services) == memgap_pid for c in _labelled(env_name, services))
     try:
         children = psutil.Process(memgap_pid).children(recursive=True)
     except psutil.Error:
@@ -265,8 +265,8 @@ def _engine_started(env_name: str, memgap_pid: int, services: dict[str, str]) ->
     return any(c.name() == "llama-server" for c in children)
 
 
-def _owner_pid(cid: str, env: dict[str, str]) -> int | None:
-    p = subprocess.run(["docker", "inspect", "-f", '{{index .Config.Labels "memgap.owner"}}', cid],
+def _owner_pid(tool: str, cid: str, env: dict[str, str]) -> int | None:
+    p = subprocess.run([tool, "inspect", "-f", '{{index .Config.Labels "memgap.owner"}}', cid],
                        capture_output=True, text=True, env={**os.environ, **env}, check=False, timeout=30)
     head = p.stdout.strip().partition(":")[0]
     return int(head) if head.isdigit() else None
