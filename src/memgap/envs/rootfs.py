@@ -122,11 +122,37 @@ def remove_tree(path: Path) -> None:
 
 @contextlib.contextmanager
 def temp_dir(prefix: str = TEMP_PREFIX) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    # The owner's PID is in the name, so a later run can remove what a killed one left.
+    sweep_stale_dirs()
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
     try:
         yield path
     finally:
         remove_tree(path)
+
+
+def sweep_stale_dirs(tmp: Path | None = None) -> list[Path]:
+    """Remove rootfs folders whose memgap no longer runs (SIGKILL leaves them), unless
+    something is still mounted below them or a container still uses them."""
+    removed = []
+    for d in (tmp or Path(tempfile.gettempdir())).glob(TEMP_PREFIX + "*"):
+        owner = d.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError, EnvironmentUnavailable):
+            remove_tree(d)
+            removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -115,3 +115,21 @@ def test_make_environment_knows_every_environment() -> None:
         make_environment("docker", memory_limit_bytes=1 << 30)
     with pytest.raises(UsageError, match="unknown environment"):
         make_environment("lxc")
+
+
+def test_stale_rootfs_folders_of_dead_owners_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from memgap.envs import rootfs
+
+    monkeypatch.setattr(rootfs, "mounts_under", lambda p: [])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"memgap-rootfs-{dead.pid}-abc"
+    (stale / "rootfs" / "usr").mkdir(parents=True)
+    mine = tmp_path / f"memgap-rootfs-{__import__('os').getpid()}-def"
+    mine.mkdir()
+    other = tmp_path / "memgap-rootfs-notapid"
+    other.mkdir()
+    assert rootfs.sweep_stale_dirs(tmp_path) == [stale]
+    assert not stale.exists() and mine.exists() and other.exists()
