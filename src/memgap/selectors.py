@@ -24,6 +24,10 @@ FIELDS: tuple[str, ...] = (
     "environment", "model", "engine", "label", "status", "study_id", "source", "run_id",
 )
 
+# For a command's help text: what a selector argument accepts.
+HELP = ("a run id (or a unique prefix of one), or key=value[,key=value] over "
+        + ", ".join(FIELDS) + " (e.g. model=deepseek,environment=native)")
+
 # Run ids are memgap's 12 hex digits or an importer's readable ids (letters, digits, . _ : -).
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memgap.explain import CONTRADICTED, SUPPORTED, Explanation, Row, RunInput, explain
+from memgap.selectors import HELP as SELECTOR_HELP
 from memgap.selectors import select_runs
 from memgap.store import Store, open_store
 from memgap.units import format_bytes
@@ -23,7 +24,7 @@ def _inputs(store: Store, selector: str) -> list[RunInput]:
 
 
 def explain_command(
-    a: Annotated[str, typer.Argument(help="Run id, or key=value[,key=value] over environment, model, engine, label, status, study_id, source, run_id.")],
+    a: Annotated[str, typer.Argument(help=f"One side: {SELECTOR_HELP}; several runs are summarised by their median.")],
     b: Annotated[str, typer.Argument(help="The other side, the same way.")],
     store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: a, b, categories, hypotheses.")] = False,
