@@ -8,11 +8,10 @@ scripts/setup.sh
 # Container services for the docker/podman/chroot tests (scripts/services.sh): a dockerd of
 # our own, stopped at exit if this script started it, and podman's config.
 if [ "$(id -u)" -eq 0 ]; then
-    if scripts/services.sh status 2>&1 | grep -q "dockerd running"; then
-        eval "$(scripts/services.sh start)"
-    else
-        eval "$(scripts/services.sh start)"
+    if ! scripts/services.sh status 2>&1 | grep -q "dockerd running"; then
         trap 'scripts/services.sh stop' EXIT
     fi
+    services_env=$(scripts/services.sh start)  # a failed start stops the script (set -e)
+    eval "$services_env"
 fi
 .venv/bin/python -m pytest -q "$@"
