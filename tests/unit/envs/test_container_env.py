@@ -236,3 +236,17 @@ def test_port_in_use_is_recognised_in_the_log(log: str, taken: bool) -> None:
     from memgap.runner import port_in_use
 
     assert port_in_use(log) is taken
+
+
+def test_container_cgroup_on_a_v2_only_host(tmp_path: Path) -> None:
+    # Ubuntu 24.04 / DGX Spark: one cgroup2 mount, docker's systemd driver scope.
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(f"35 23 0:30 / {tmp_path}/cg rw,nosuid - cgroup2 cgroup2 rw\n")
+    (proc / "77").mkdir()
+    scope = f"/system.slice/docker-{CID}.scope"
+    (proc / "77" / "cgroup").write_text(f"0::{scope}\n")
+    (tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope").mkdir(parents=True)
+    ref = memory_cgroup_of(77, proc)
+    assert ref is not None and ref.version == 2
+    assert ref.path == tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope" and ref.relpath == scope
