@@ -135,7 +135,30 @@ def reconcile(store: Store, study_id: str) -> list[str]:
         store.end_study_run(study_id, plan_index=row["plan_index"], attempt=row["attempt"], status=status,
                             run_id=run.run_id if run else None, ended_at=_now(), note=note)
         notes.append(f"plan entry {row['plan_index']} (attempt {row['attempt']}): {status}: {note}")
+        if run is None:
+            notes += leftover_engines(row["started_at"])
     return notes
+
+
+def leftover_engines(started_at: str) -> list[str]:
+    """Engines started since a killed attempt began that still run: they hold memory the
+    next runs would see, so say so (they are not ours to kill: another study may own them)."""
+    import psutil
+
+    try:
+        since = dt.datetime.fromisoformat(started_at).timestamp()
+    except ValueError:
+        return []
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if any("llama-server" in c for c in cmd[:1]) and p.info["create_time"] >= since:
+                out.append(f"an engine the killed run may have started is still running (pid {p.info['pid']}); "
+                           "stop it before measuring: its memory counts against the next runs")
+        except (psutil.Error, TypeError):
+            continue
+    return out
 
 
 @dataclass(frozen=True)

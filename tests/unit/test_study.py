@@ -195,3 +195,23 @@ def test_run_with_a_bad_experiment_file_is_a_usage_error(tmp_path: Path, capsys:
     assert main(["run", str(bad), "--store", str(tmp_path / "s.db")]) == 2
     assert f"{bad}:3: study.iterations" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_engines_left_running_by_a_killed_run_are_named(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from memgap.study import leftover_engines
+
+    fake = tmp_path / "llama-server"
+    fake.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    before = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)).isoformat()
+    p = subprocess.Popen([str(fake), "30"])
+    try:
+        notes = leftover_engines(before)
+        assert any(f"pid {p.pid}" in n for n in notes)
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)).isoformat()
+        assert not any(f"pid {p.pid}" in n for n in leftover_engines(later))
+    finally:
+        p.kill()
+        p.wait()

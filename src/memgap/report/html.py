@@ -61,10 +61,14 @@ def _env_colours(envs: list[str]) -> dict[str, str]:
 def _study(s: dict[str, Any]) -> str:
     out = [f"<h2>Study {_e(s['name'])}</h2>"]
     if s["iterations"] == "auto":
-        out.append(f"<p>Sequential design (iterations = &quot;auto&quot;, {_e(s['boundary'])} boundary, "
-                   f"alpha {_e(s['alpha'])}): <strong>{_e(s['runs_finished'])} runs</strong> reached the "
-                   f"verdicts, where {_e(s['max_iterations'])} per cell would have taken "
-                   f"<strong>{_e(s['runs_planned_fixed'])}</strong>.</p>")
+        design = (f"<p>Sequential design (iterations = &quot;auto&quot;, {_e(s['boundary'])} boundary, "
+                  f"alpha {_e(s['alpha'])}): <strong>{_e(s['runs_finished'])} runs</strong> ")
+        if all(g["settled"] for g in s["groups"]):
+            out.append(design + f"reached the verdicts, where {_e(s['max_iterations'])} per cell would have "
+                       f"taken <strong>{_e(s['runs_planned_fixed'])}</strong>.</p>")
+        else:
+            out.append(design + f"so far and the verdicts are not all settled (at most "
+                       f"{_e(s['runs_planned_fixed'])} runs); run the experiment again to continue.</p>")
     else:
         out.append(f"<p>Fixed design: {_e(s['iterations'])} iterations per cell; {_e(s['runs_finished'])} of "
                    f"{_e(s['runs_planned_fixed'])} runs finished.</p>")

@@ -50,9 +50,13 @@ COMPARISON_HEAD = ["metric", "a", "b", "difference", "95% CI", "p (Welch)", "p (
 def study_lines(s: dict[str, Any]) -> list[str]:
     out = [f"## Study {s['name']}", ""]
     if s["iterations"] == "auto":
-        out.append(f"Sequential design (iterations = \"auto\", {s['boundary']} boundary, alpha {s['alpha']}): "
-                   f"**{s['runs_finished']} runs** reached the verdicts, where {s['max_iterations']} per cell "
-                   f"would have taken **{s['runs_planned_fixed']}**.")
+        design = f"Sequential design (iterations = \"auto\", {s['boundary']} boundary, alpha {s['alpha']}): "
+        if all(g["settled"] for g in s["groups"]):
+            out.append(design + f"**{s['runs_finished']} runs** reached the verdicts, where {s['max_iterations']} "
+                       f"per cell would have taken **{s['runs_planned_fixed']}**.")
+        else:
+            out.append(design + f"**{s['runs_finished']} runs** so far and the verdicts are not all settled "
+                       f"(at most {s['runs_planned_fixed']} runs); run the experiment again to continue.")
     else:
         out.append(f"Fixed design: {s['iterations']} iterations per cell; {s['runs_finished']} of "
                    f"{s['runs_planned_fixed']} runs finished.")
