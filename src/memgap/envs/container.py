@@ -379,14 +379,17 @@ class ContainerCli:
         return self.binary
 
     def call(
-        self, args: Sequence[str], *, action: str, timeout_s: float = 60.0, stdin: bytes | None = None, check: bool = True
+        self, args: Sequence[str], *, action: str, timeout_s: float = 60.0, stdin: bytes | None = None, check: bool = True,
+        merge_stderr: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
         argv = [str(self.require()), *args]
         try:
             proc = subprocess.run(  # noqa: S603 - argument list
                 argv,
                 input=stdin,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                # `logs`: the container's stdout and stderr in the order the CLI writes them.
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
                 timeout=timeout_s,
                 env={**os.environ, **self.env},
                 stdin=None if stdin is not None else subprocess.DEVNULL,

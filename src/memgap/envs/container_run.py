@@ -406,9 +406,9 @@ class ContainerEnvironment(Environment):
     def _save_log(self, name: str, path: Path) -> None:
         # The engine log is the container's stdout+stderr; read before the container goes.
         with contextlib.suppress(MemgapError):
-            proc = self.cli.call(["logs", name], action="logs", check=False, timeout_s=60)
+            proc = self.cli.call(["logs", name], action="logs", check=False, timeout_s=60, merge_stderr=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(proc.stdout + proc.stderr)
+            path.write_bytes(proc.stdout)
 
     def _remove(self, name: str) -> None:
         try:
