@@ -142,7 +142,7 @@ def _rows(a: Side, b: Side, mark: str) -> list[Row]:
         rows.append(Row(key, title, "ledger", median([led.bytes(key) for led in a.ledgers[mark]]),
                         median([led.bytes(key) for led in b.ledgers[mark]]), "; ".join(sources)))
     totals = [("total", "total (MemTotal - MemFree)", lambda led: led.total_bytes),
-              ("run_total", "the run's own charge", lambda led: led.run_total_bytes)]
+              ("run_total", "the run's own memory", lambda led: led.run_total_bytes)]
     for key, title, get in totals:
         rows.append(Row(key, title, "ledger", median([get(x) for x in a.ledgers[mark]]),
                         median([get(x) for x in b.ledgers[mark]]),
@@ -396,11 +396,15 @@ def cgroup_accounting(a: Side, b: Side, rows: Sequence[Row]) -> Hypothesis:
     source = "; ".join(f"{e}: {MEMORY_SOURCE.get(e, 'unknown')}" for e in sorted(engines))
     text = (f"cgroup usage at ready {gib(usage[0])} vs {gib(usage[1])}; charged beyond the engine's anon memory "
             f"{gib(excess[0])} vs {gib(excess[1])}; limit {gib(limits[0])} vs {gib(limits[1])}, "
-            f"limit events (failcnt/OOM) {events[0]} vs {events[1]}. No engine reads its cgroup to size the KV "
+            f"limit events (failcnt/OOM) {_count(events[0])} vs {_count(events[1])}. No engine reads its cgroup to size the KV "
             f"cache ({source})")
     text += ("; the run came within 10% of its limit or hit it, so the charge could reach the engine"
              if reached else "; no limit came near, so the extra charge could not reach the engine")
     return Hypothesis(name, claim, SUPPORTED if reached else CONTRADICTED, text, numbers)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
 
 def _limit(side: Side) -> int | None:

@@ -82,7 +82,7 @@ class Ledger:
     t_s: float | None
     total_bytes: int | None
     total_source: str
-    run_total_bytes: int | None  # the run's own charge (cgroup usage or process RSS)
+    run_total_bytes: int | None  # the run's own memory (cgroup usage, or RSS - RssFile without one)
     run_total_source: str
     categories: tuple[Category, ...]
     # What the engine said of itself, beside the ledger (not part of the sum): peak,
@@ -217,7 +217,7 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
         mapped, shm = _g(row, "cgroup_file_mapped_bytes"), _g(row, "cgroup_shmem_bytes")
         kmem = _g(row, "cgroup_kmem_bytes")
         run_total, run_source = usage, f"cgroup {stat[5]}"
-        run_file = file_
+        run_charge, run_file = usage, file_
         anon_src = f"cgroup memory.stat {stat[0]}"
     else:
         usage = _g(row, "process_rss_bytes")
@@ -225,8 +225,13 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
         mapped = _g(row, "process_file_bytes")
         file_ = None if mapped is None or shm is None else mapped + shm
         kmem = None
-        run_total, run_source = usage, "/proc/PID/status VmRSS, summed over the engine's processes"
-        run_file = file_
+        # Nothing is charged to the run alone: the files it maps are listed as page cache
+        # mapped elsewhere, as in a cgroup that did not read them first, and the run's own
+        # memory is the rest of its resident set -- comparable with a cgroup's usage.
+        run_charge = None if usage is None or mapped is None else usage - mapped
+        run_total = run_charge
+        run_source = "/proc/PID/status VmRSS - RssFile, summed over the engine's processes"
+        run_file = shm
         anon_src = "/proc/PID/status RssAnon"
         notes.append("the run has no cgroup of its own: its share is the process tree's resident memory; "
                      "page cache it read but does not map cannot be told apart from other page cache")
@@ -270,12 +275,14 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
             elsewhere, "/proc/PID/status RssFile + RssShmem - cgroup mapped (first toucher was another cgroup)"
             if elsewhere is not None else NOT_MEASURED)
     else:
-        put("page_cache_mapped", mapped, "/proc/PID/status RssFile (charged to whoever read it first)")
+        cat["page_cache_mapped"] = (None, "no cgroup of its own: see page cache mapped elsewhere")
         cat["page_cache_unmapped"] = (None, "not measured: no cgroup of its own")
         put("shmem", shm, "/proc/PID/status RssShmem")
         cat["kernel"] = (None, "not measured: no cgroup of its own")
-        cat["page_cache_mapped_elsewhere"] = (None, "not measured: no cgroup of its own")
-        elsewhere = None
+        elsewhere = mapped
+        cat["page_cache_mapped_elsewhere"] = (
+            mapped, "/proc/PID/status RssFile (no cgroup of its own: charged to whoever read it first)"
+            if mapped is not None else NOT_MEASURED)
 
     gpu = _g(row, "gpu_process_used_bytes")
     cat["gpu_outside_cgroup"] = (gpu, "NVML per-process used memory" if gpu is not None
@@ -286,8 +293,8 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
             "/proc/meminfo Cached - the run's page cache and shmem - mapped elsewhere")
     else:
         cat["outside_page_cache"] = (None, NOT_MEASURED)
-    if run_total is not None and cached is not None and run_file is not None:
-        put("outside_other", total - (gpu or 0) - run_total - (cached - run_file),
+    if run_charge is not None and cached is not None and run_file is not None:
+        put("outside_other", total - (gpu or 0) - run_charge - (cached - run_file),
             "total - Cached - the run's anon and kernel memory")
     else:
         cat["outside_other"] = (None, NOT_MEASURED)
