@@ -97,6 +97,13 @@ def make_env(exp: Experiment, cell: Cell) -> Environment:
     )
 
 
+def _label(exp: Experiment, cell: Cell) -> str | None:
+    """The study's label, and the variant's name when there are variants (so that
+    ``label=NAME`` selects one variant's runs)."""
+    parts = [p for p in (exp.study.label, cell.variant if exp.variants else None) if p]
+    return "/".join(parts) or None
+
+
 def open_study(store: Store, exp: Experiment, experiment_path: str | None) -> bool:
     """Register the study, or check that a stored one has the same plan. True: resuming."""
     old = store.study(exp.study_id)
@@ -297,7 +304,7 @@ def run_study(
             limit, _ = _env_settings(exp, cell.variant)
             cfg = RunConfig(environment=cell.environment, workload=workload,
                             memory_limit_bytes=limit if cell.environment == "sandbox" else None,
-                            label=exp.study.label, study_id=exp.study_id)
+                            label=_label(exp, cell), study_id=exp.study_id)
             try:
                 record = execute(cfg, engine, store, environment=envs[cell], observer=observer)
             except (KeyboardInterrupt, Exception):

@@ -215,3 +215,28 @@ def test_engines_left_running_by_a_killed_run_are_named(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_variants_are_compared_apart(tmp_path: Path) -> None:
+    from memgap.cli.compare import build_comparison
+    from memgap.report.metrics import METRICS
+
+    exp = _exp('[[variants]]\nname = "small"\nengine = { ctx_size = 1024 }\n[[variants]]\nname = "big"\n')
+    labels: list[str | None] = []
+    ex = ExecuteDouble(STEADY)
+    orig = ex.__call__
+
+    def spy(cfg: RunConfig, *a: Any, **kw: Any) -> dict[str, Any]:
+        labels.append(cfg.label)
+        return orig(cfg, *a, **kw)
+
+    with Store(tmp_path / "s.db") as st:
+        model = tmp_path / "model.gguf"
+        model.write_bytes(b"x")
+        run_study(exp, st, execute=spy, engine_factory=lambda e, m, v: EngineDouble(model),  # type: ignore[arg-type, return-value]
+                  env_factory=lambda e, c: c.environment,  # type: ignore[arg-type, return-value]
+                  cooldown=lambda cfg: CooldownRecord(0, 0, None, None, None, None, None))
+        out = build_comparison(st, [], metrics=list(METRICS), margin=0.05, alpha=0.05, seed=0)
+    assert sorted(labels) == ["big"] * 6 + ["small"] * 6
+    assert sorted(g["model"] for g in out["groups"]) == ["m [big]", "m [small]"]
+    assert all(m["a"]["n"] == 3 for g in out["groups"] for m in g["metrics"])

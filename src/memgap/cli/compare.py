@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memgap.errors import UsageError
-from memgap.report.compare import DEFAULT_MARGIN, compare_runs, compare_sets
+from memgap.report.compare import DEFAULT_MARGIN, compare_runs, compare_sets, study_annotations
 from memgap.report.metrics import BY_NAME, METRICS, Metric, metric
 from memgap.selectors import parse_selector, select_runs
 from memgap.store import Store, StoredRun, open_store
@@ -29,20 +29,6 @@ def parse_margin(text: str) -> float:
     if not (0 <= value < 1):
         raise UsageError(f"--margin: must be in [0, 100%), got {text!r}")
     return value
-
-
-def study_annotations(st: Store) -> tuple[dict[str, int], list[str]]:
-    """Iteration numbers of study runs, and the runs a study recorded as interrupted."""
-    iterations: dict[str, int] = {}
-    excluded: list[str] = []
-    for row in st.study_runs():
-        if row["run_id"] is None:
-            continue
-        if row["status"] == "finished":
-            iterations[row["run_id"]] = row["iteration"]
-        elif row["status"] == "interrupted":
-            excluded.append(row["run_id"])
-    return iterations, excluded
 
 
 def selected_runs(st: Store, selectors: Sequence[str]) -> list[list[StoredRun]]:
@@ -62,10 +48,10 @@ def build_comparison(
     if len(selectors) > 2:
         raise UsageError("compare takes at most two selectors (A and B); use key=value,key=value to narrow one")
     sets = selected_runs(st, selectors)
-    iterations, excluded = study_annotations(st)
+    iterations, excluded, variants = study_annotations(st)
     if len(sets) == 1:
         out = compare_runs(sets[0], metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                           iterations=iterations, excluded=excluded)
+                           iterations=iterations, excluded=excluded, variants=variants)
     else:
         skip = set(excluded)
         a = [r for r in sets[0] if r.run_id not in skip]
@@ -74,7 +60,7 @@ def build_comparison(
         label = f"{selectors[0]} vs {selectors[1]}"
         both = {r.run_id: r for r in [*a, *b]}
         full = compare_runs(list(both.values()), metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                            iterations=iterations)
+                            iterations=iterations, variants=variants)
         for row in rows:
             row["a"]["environment"], row["b"]["environment"] = selectors[0], selectors[1]
         out = {**full, "groups": [{"model": label, "a": selectors[0], "b": selectors[1],

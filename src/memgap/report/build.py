@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgap.report.compare import baseline_first
+from memgap.report.compare import baseline_first, group_name, study_annotations
 from memgap.report.metrics import BY_NAME
 from memgap.stats import mean_ci, summarize
 from memgap.store import Store, StoredRun
@@ -114,14 +114,12 @@ def _studies(st: Store, runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
 
 def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, Any], *,
                  title: str = "memgap report") -> dict[str, Any]:
-    skip = set()
-    for row in st.study_runs():
-        if row["status"] == "interrupted" and row["run_id"]:
-            skip.add(row["run_id"])
+    _, excluded, variants = study_annotations(st)
+    skip = set(excluded)
     runs = [r for r in runs if r.run_id not in skip]
     by_model: dict[str, list[StoredRun]] = defaultdict(list)
     for r in runs:
-        by_model[r.model or "-"].append(r)
+        by_model[group_name(r, variants)].append(r)
     models = []
     for model in sorted(by_model):
         rs = by_model[model]

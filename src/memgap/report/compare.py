@@ -20,7 +20,7 @@ from memgap.stats import (
     summarize,
     welch_p,
 )
-from memgap.store import StoredRun
+from memgap.store import Store, StoredRun
 
 COMPARE_SCHEMA = "memgap.compare/1"
 DEFAULT_MARGIN = 0.05  # equivalence margin: 5% of the baseline mean
@@ -37,13 +37,38 @@ def iteration_of(run: StoredRun, iterations: Mapping[str, int] | None = None) ->
     return None
 
 
+def group_name(run: StoredRun, variants: Mapping[str, str] | None = None) -> str:
+    """The model, and the study variant when there is one: runs of different variants
+    differ in their engine or environment options and are never pooled."""
+    v = (variants or {}).get(run.run_id)
+    return f"{run.model or '-'} [{v}]" if v and v != "base" else (run.model or "-")
+
+
+def study_annotations(st: Store) -> tuple[dict[str, int], list[str], dict[str, str]]:
+    """From the store's study tables: iteration and variant of each finished study run,
+    and the runs a study recorded as interrupted (and redid)."""
+    iterations: dict[str, int] = {}
+    variants: dict[str, str] = {}
+    excluded: list[str] = []
+    for row in st.study_runs():
+        if row["run_id"] is None:
+            continue
+        if row["status"] == "finished":
+            iterations[row["run_id"]] = row["iteration"]
+            variants[row["run_id"]] = row["cell"].get("variant", "base")
+        elif row["status"] == "interrupted":
+            excluded.append(row["run_id"])
+    return iterations, excluded, variants
+
+
 def observations(
-    runs: Sequence[StoredRun], metrics: Sequence[Metric] = METRICS, iterations: Mapping[str, int] | None = None
+    runs: Sequence[StoredRun], metrics: Sequence[Metric] = METRICS, iterations: Mapping[str, int] | None = None,
+    variants: Mapping[str, str] | None = None,
 ) -> list[Observation]:
     return [
         Observation(
             run_id=r.run_id,
-            model=r.model or "-",
+            model=group_name(r, variants),
             environment=r.environment,
             time=r.created_at,
             status=r.status,
@@ -128,6 +153,7 @@ def compare_runs(
     runs: Sequence[StoredRun], *,
     metrics: Sequence[Metric] = METRICS, margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
     iterations: Mapping[str, int] | None = None, excluded: Sequence[str] = (),
+    variants: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per model, every environment against the baseline; plus the quality findings.
     ``excluded`` run ids (e.g. runs a study recorded as interrupted and redid) are left
@@ -136,7 +162,7 @@ def compare_runs(
     runs = [r for r in runs if r.run_id not in skip]
     by_model: dict[str, list[StoredRun]] = defaultdict(list)
     for r in runs:
-        by_model[r.model or "-"].append(r)
+        by_model[group_name(r, variants)].append(r)
     groups: list[dict[str, Any]] = []
     flat: list[dict[str, Any]] = []
     for model in sorted(by_model):
@@ -157,7 +183,7 @@ def compare_runs(
         if len(envs) == 1:
             groups.append({"model": model, "a": envs[0], "b": None,
                            "runs": {envs[0]: len(rs)}, "metrics": []})
-    obs = observations(runs, metrics, iterations)
+    obs = observations(runs, metrics, iterations, variants)
     findings = run_checks(obs, [m.name for m in metrics]) + check_power(flat, alpha=alpha)
     return {
         "schema": COMPARE_SCHEMA,
