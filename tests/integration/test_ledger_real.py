@@ -76,6 +76,7 @@ def child_cgroup() -> Iterator[CgroupRef]:
         yield ref
     finally:
         cgroupfs.remove(ref)
+        assert not ref.path.exists()
 
 
 def _cold(path: Path) -> None:
@@ -92,7 +93,7 @@ def _about(actual: int | None, expected: int, what: str, tol: float = 0.15) -> N
     assert abs(actual - expected) <= tol * expected, f"{what}: {actual / MIB:.1f} MiB, expected {expected / MIB:.0f}"
 
 
-def test_ledger_of_anon_file_and_tmpfs(child_cgroup: CgroupRef, tmp_path: Path, no_leftovers: None) -> None:
+def test_ledger_of_anon_file_and_tmpfs(child_cgroup: CgroupRef, tmp_path: Path) -> None:
     data = tmp_path / "data.bin"
     data.write_bytes(b"\x5a" * FILE)
     _cold(data)
@@ -144,7 +145,20 @@ def _engine_run(store: Any, model: Path, label: str) -> dict[str, Any]:
     return execute_run(cfg, engine, store)
 
 
-def test_cold_and_warm_weights_show_as_page_cache(tmp_path: Path, no_leftovers: None) -> None:
+def _left_behind(model: Path, run_ids: list[str]) -> list[str]:
+    """What these runs could have left: a process on this model copy, their cgroups.
+    (Narrower than the no_leftovers fixture, which also sees other sessions' engines.)"""
+    import psutil
+
+    out = [f"process {p.pid}" for p in psutil.process_iter(["cmdline"])
+           if str(model) in " ".join(p.info["cmdline"] or [])]
+    own = memory_cgroup_of("self")
+    if own is not None:
+        out += [d.name for d in own.path.iterdir() if d.is_dir() and any(r in d.name for r in run_ids)]
+    return out
+
+
+def test_cold_and_warm_weights_show_as_page_cache(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the sandbox environment needs root")
     from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
@@ -170,6 +184,7 @@ def test_cold_and_warm_weights_show_as_page_cache(tmp_path: Path, no_leftovers: 
         assert cold["status"] == "ok", cold["failure"]
         assert warm["status"] == "ok", warm["failure"]
         series = {r["run_id"]: store.series(r["run_id"]) for r in (cold, warm)}
+    assert _left_behind(model, [cold["run_id"], warm["run_id"]]) == []
     lc = run_ledger(cold, series[cold["run_id"]], at="ready")
     lw = run_ledger(warm, series[warm["run_id"]], at="ready")
     weights = cold["engine_report"]["model_bytes"]
