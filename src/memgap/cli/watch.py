@@ -178,23 +178,46 @@ def series_rows(series: MemorySeries) -> list[dict[str, Any]]:
     return [series.row(i) for i in range(len(series))]
 
 
-def write_series(series: MemorySeries, path: Path) -> int:
-    """Write every sample; returns the number of rows. Format from the suffix."""
-    fmt = output_format(path)
-    rows = series_rows(series)
-    try:
-        with path.open("w", newline="", encoding="utf-8") as f:
-            if fmt == "csv":
-                w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-                w.writeheader()
-                for r in rows:
-                    w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+class SeriesWriter:
+    """Appends samples to the output file as they come, so Ctrl-C, a crash or a kill
+    loses at most the last quarter second. Format from the suffix."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fmt = output_format(path)
+        self.written = 0
+        try:
+            self.file = path.open("w", newline="", encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--output: cannot write {path}: {e.strerror or e}") from e
+        self.csv = csv.DictWriter(self.file, fieldnames=list(COLUMNS)) if self.fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writeheader()
+
+    def flush_from(self, series: MemorySeries) -> None:
+        # The sampler thread appends a row column by column: only rows every column has.
+        complete = min(len(v) for v in series.columns.values())
+        for i in range(self.written, complete):
+            r = series.row(i)
+            if self.csv is not None:
+                self.csv.writerow({k: ("" if v is None else v) for k, v in r.items()})
             else:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
-    except OSError as e:
-        raise UsageError(f"--output: cannot write {path}: {e.strerror or e}") from e
-    return len(rows)
+                self.file.write(json.dumps(r) + "\n")
+        self.written = max(self.written, complete)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_series(series: MemorySeries, path: Path) -> int:
+    """Write every sample; returns the number of rows."""
+    w = SeriesWriter(path)
+    try:
+        w.flush_from(series)
+    finally:
+        w.close()
+    return w.written
 
 
 def _table(series: MemorySeries, description: str) -> Table:
@@ -231,6 +254,7 @@ def watch_command(
     if not (0 < rate <= 1000):
         raise UsageError(f"--rate must be in (0, 1000] Hz, got {rate}")
     target = resolve_target(pid, cgroup, container, runtime)
+    writer = SeriesWriter(output) if output is not None else None
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     sampler = Sampler(target.pid, target.cgroup, SamplerConfig(rate_hz=rate, smaps_interval_s=smaps_interval))
     ended = "duration reached"
@@ -246,6 +270,8 @@ def watch_command(
             time.sleep(max(0.0, min(0.25, duration - (time.monotonic() - start))) if duration else 0.25)
             if live is not None:
                 live.update(_table(sampler.series, target.description))
+            if writer is not None:
+                writer.flush_from(sampler.series)
             if target.pid != NO_PROCESS and not _alive(target.pid):
                 ended = f"process {target.pid} exited"
                 break
@@ -258,9 +284,10 @@ def watch_command(
         if live is not None:
             live.update(_table(series, target.description))
             live.stop()
-    if output is not None:
-        n = write_series(series, output)
-        err.print(f"memgap watch: {ended}; wrote {n} samples to {output}", markup=False)
+    if writer is not None:
+        writer.flush_from(series)
+        writer.close()
+        err.print(f"memgap watch: {ended}; wrote {writer.written} samples to {output}", markup=False)
     else:
         err.print(f"memgap watch: {ended}; {len(series)} samples", markup=False)
     if live is None:

@@ -152,3 +152,23 @@ def test_cgroup_seen_from_here_uses_our_mounts_not_the_targets(tmp_path: Path) -
     assert ref is not None and ref.path == own.path and ref.version == 1
     (proc / "77" / "cgroup").write_text("4:memory:/no/such/cgroup\n")
     assert cgroup_seen_from_here(77, proc) is None
+
+
+def test_series_writer_appends_only_complete_rows(tmp_path: Path) -> None:
+    from memgap.cli.watch import SeriesWriter
+    from memgap.sampler import COLUMNS, MemorySeries
+
+    s = MemorySeries(rate_hz=10)
+    for i in range(3):
+        for c in COLUMNS:
+            s.columns[c].append(float(i) if c == "t_s" else None)
+    s.columns["t_s"].append(3.0)  # the sampler thread is mid-row
+    w = SeriesWriter(tmp_path / "w.jsonl")
+    w.flush_from(s)
+    assert w.written == 3
+    assert [json.loads(x)["t_s"] for x in (tmp_path / "w.jsonl").read_text().splitlines()] == [0.0, 1.0, 2.0]
+    for c in COLUMNS[1:]:
+        s.columns[c].append(None)
+    w.flush_from(s)
+    w.close()
+    assert [json.loads(x)["t_s"] for x in (tmp_path / "w.jsonl").read_text().splitlines()] == [0.0, 1.0, 2.0, 3.0]
