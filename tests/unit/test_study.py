@@ -240,3 +240,22 @@ def test_variants_are_compared_apart(tmp_path: Path) -> None:
     assert sorted(labels) == ["big"] * 6 + ["small"] * 6
     assert sorted(g["model"] for g in out["groups"]) == ["m [big]", "m [small]"]
     assert all(m["a"]["n"] == 3 for g in out["groups"] for m in g["metrics"])
+
+
+def test_version_one_store_is_read_and_gains_the_study_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    from memgap.store import SCHEMA_VERSION
+
+    db = tmp_path / "v1.db"
+    with Store(db) as st:
+        st.add_run({"run_id": "old", "created_at": "2026-01-01T00:00:00", "status": "ok",
+                    "environment": "native", "engine": "e"})
+    con = sqlite3.connect(db)
+    con.executescript("DROP TABLE study_runs; DROP TABLE studies; UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    con.close()
+    with Store(db) as st:
+        assert SCHEMA_VERSION == 2 and st.schema_version == 2
+        assert [r.run_id for r in st.runs()] == ["old"] and st.study_runs() == []
+        st.add_study("study:x", created_at="t", experiment_path=None, fingerprint="f", plan={"a": 1})
+        assert st.study("study:x")["plan"] == {"a": 1}  # type: ignore[index]
