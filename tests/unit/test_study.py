@@ -160,6 +160,9 @@ def test_auto_stops_early_when_verdicts_settle(tmp_path: Path) -> None:
     assert {v["verdict"] for v in g.verdicts.values()} == {"equivalent"}
     assert out.runs_finished < out.runs_planned_fixed == 20
     assert out.runs_finished == 2 * g.blocks_run
+    import json
+
+    assert json.loads(json.dumps(out.to_dict()))["groups"][0]["settled"] is True
 
 
 def test_auto_detects_a_real_difference(tmp_path: Path) -> None:
