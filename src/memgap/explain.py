@@ -273,8 +273,7 @@ def _trtllm_rule(name: str, claim: str, a: Side, b: Side, kv: Row) -> Hypothesis
            if rep.get("peak_bytes") is not None and rep.get("kv_cache_bytes") is not None]
     fit = fit_trtllm(pts)
     if fit is None or fit.fraction <= 0:
-        return Hypothesis(name, claim, NOT_MEASURED, f"the fit of kv = fraction x (total - peak) needs at least 3 runs "
-                          f"with different peaks (have {len(pts)})")
+        return _trtllm_default_fraction(name, claim, pts, kv)
     peak = _row_peak(a), _row_peak(b)
     tol = max(int(0.1 * GIB), int(0.01 * max(kv.a_bytes or 0, kv.b_bytes or 0)))
     predicted: list[int | None] = []
@@ -303,6 +302,31 @@ def _trtllm_rule(name: str, claim: str, a: Side, b: Side, kv: Row) -> Hypothesis
         text = (f"kv = fraction x (total - peak) does not fit: best fraction {fit.fraction:.3f}, total "
                 f"{gib(fit.total_bytes)}, worst run off by {gib(fit.max_residual_bytes)} (tolerance {gib(tol)})")
     return Hypothesis(name, claim, SUPPORTED if fits else CONTRADICTED, text, numbers)
+
+
+def _trtllm_default_fraction(name: str, claim: str, pts: Sequence[tuple[int, int]], kv: Row) -> Hypothesis:
+    """Too few runs to fit two parameters: with the engine's default fraction every run
+    implies a device total ``peak + kv / fraction``; the rule holds if they agree."""
+    from memgap import sizing
+
+    if len(pts) < 2:
+        return Hypothesis(name, claim, NOT_MEASURED, f"needs at least 2 runs with the engine's peak and KV figures "
+                          f"(have {len(pts)})")
+    f = sizing.DEFAULT_FRACTIONS["trtllm-pytorch"]
+    totals = [p + k / f for p, k in pts]
+    spread = int(max(totals) - min(totals))
+    tol = max(int(0.1 * GIB), int(0.01 * max(kv.a_bytes or 0, kv.b_bytes or 0)))
+    total = int(statistics.median(totals))
+    numbers = {"fraction": f, "fraction_source": "engine default (not fitted)", "total_bytes": total,
+               "implied_total_spread_bytes": spread, "runs": len(pts)}
+    if spread <= tol:
+        return Hypothesis(name, claim, SUPPORTED,
+                          f"too few runs to fit the fraction; with TensorRT-LLM's default {f} every run implies the "
+                          f"same device total, peak + kv / {f} = {gib(total)} (spread {gib(spread)}, tolerance "
+                          f"{gib(tol)}): the KV gap is {f} x the gap in device-wide used memory at profiling", numbers)
+    return Hypothesis(name, claim, NOT_MEASURED,
+                      f"too few runs to fit the fraction, and with the default {f} the runs imply device totals "
+                      f"{gib(spread)} apart: fit at least 3 runs with different peaks", numbers)
 
 
 def _row_peak(side: Side) -> int | None:
@@ -476,6 +500,10 @@ def limits(a: Side, b: Side) -> list[str]:
         out.append(f"output throughput {ta_:.1f} vs {tb_:.1f} tokens/s (medians, {rel:.1%} apart)"
                    + (": the KV difference did not limit this workload" if rel < 0.02 else ""))
     for s in (a, b):
+        for key in ("model", "engine"):
+            vals = sorted({str(r.get(key)) for r in s.records})
+            if len(vals) > 1:
+                out.append(f"{s.label} mixes {key}s ({', '.join(vals)}): its medians summarise unlike runs")
         if len(s.runs) == 1:
             out.append(f"{s.label} is a single run: no spread, so no estimate of run-to-run noise")
     return out

@@ -163,3 +163,20 @@ def test_different_engines_are_not_fitted() -> None:
     a = _mem_run("a01", created="2026-01-01T00:00:01", cached_start=3 * GIB, cg_file=0, cg_mapped=0, usage=215 * MIB)
     rule = explain("a", [a], "b", [_trt("b02", "y", 90, 30)]).hypothesis("kv_sizing_rule")
     assert rule.verdict == NOT_MEASURED and "different engines" in rule.evidence
+
+
+def test_two_runs_use_the_default_fraction() -> None:
+    ok = explain("x", [_trt("a01", "x", 70, 0.9 * (119.6 - 70))], "y", [_trt("b02", "y", 100, 0.9 * (119.6 - 100))])
+    rule = ok.hypothesis("kv_sizing_rule")
+    assert rule.verdict == SUPPORTED and rule.numbers["fraction_source"] == "engine default (not fitted)"
+    assert rule.numbers["total_bytes"] / GIB == pytest.approx(119.6, abs=0.01)
+    off = explain("x", [_trt("a01", "x", 70, 44)], "y", [_trt("b02", "y", 100, 40)]).hypothesis("kv_sizing_rule")
+    assert off.verdict == NOT_MEASURED and "apart" in off.evidence
+
+
+def test_a_side_mixing_models_is_noted() -> None:
+    a = [_trt("a01", "x", 70, 44), _trt("a02", "x", 71, 43)]
+    r = _trt("a03", "x", 72, 42)
+    r.record["model"] = "other"  # type: ignore[index]
+    ex = explain("x", [*a, r], "y", [_trt("b04", "y", 90, 26)])
+    assert any("x mixes models (m, other)" in n for n in ex.notes)

@@ -54,8 +54,11 @@ def test_explain_by_run_id(store: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert d["a"]["run_ids"] == ["bs-deepseek-native-20251109_042404"]
     kv = next(c for c in d["categories"] if c["key"] == "engine.kv_cache_bytes")
     assert kv["a_bytes"] == round(44.69 * 1024**3) and kv["b_bytes"] == round(16.33 * 1024**3)
-    # two runs cannot determine a two-parameter fit
-    assert next(h for h in d["hypotheses"] if h["name"] == "kv_sizing_rule")["verdict"] == "not measured"
+    # two runs cannot determine a two-parameter fit: the engine's default fraction is used
+    rule = next(h for h in d["hypotheses"] if h["name"] == "kv_sizing_rule")
+    assert rule["verdict"] == "supported"
+    assert rule["numbers"]["fraction"] == 0.9 and rule["numbers"]["fraction_source"] == "engine default (not fitted)"
+    assert rule["numbers"]["total_bytes"] / 1024**3 == pytest.approx(119.7, abs=0.1)
 
 
 @pytest.mark.parametrize(("a", "message"), [("environment=docker", "no runs match"), ("colour=red", "unknown key")])
