@@ -121,8 +121,14 @@ def fit_parallel(ctx_size: int, per_request_tokens: int) -> int:
     return slots
 
 
-def workload_for(point: SweepPoint, base: WorkloadSpec, requests: int | None) -> WorkloadSpec:
-    n = requests if requests is not None else max(MIN_REQUESTS, REQUESTS_PER_SLOT * point.concurrency)
+def workload_for(
+    point: SweepPoint, base: WorkloadSpec, requests: int | None, per_concurrency: int = REQUESTS_PER_SLOT
+) -> WorkloadSpec:
+    """The point's workload: ``requests`` when set, else ``per_concurrency`` requests for
+    each unit of concurrency (at least MIN_REQUESTS)."""
+    if per_concurrency < 1:
+        raise UsageError(f"requests per unit of concurrency must be >= 1, got {per_concurrency}")
+    n = requests if requests is not None else max(MIN_REQUESTS, per_concurrency * point.concurrency)
     return replace(base, concurrency=point.concurrency, request_rate_per_s=point.request_rate_per_s, requests=n)
 
 
@@ -334,7 +340,8 @@ def new_sweep_id() -> str:
 class SweepSettings:
     base: RunConfig  # environment, sampler, limits; its workload is the base of every point's
     slo: SLO = field(default_factory=SLO)
-    requests: int | None = None  # per point; None: REQUESTS_PER_SLOT x concurrency
+    requests: int | None = None  # per point; None: requests_per_concurrency x concurrency
+    requests_per_concurrency: int = REQUESTS_PER_SLOT
     sweep_id: str = field(default_factory=new_sweep_id)
 
 
@@ -352,7 +359,7 @@ def run_point(
     returns its row, read back from the store."""
     cfg = replace(
         settings.base,
-        workload=workload_for(point, settings.base.workload, settings.requests),
+        workload=workload_for(point, settings.base.workload, settings.requests, settings.requests_per_concurrency),
         label=f"{settings.sweep_id} {point.label}",
         study_id=settings.sweep_id,
     )

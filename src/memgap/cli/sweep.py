@@ -32,9 +32,14 @@ from memgap.sweep import (
     run_sweep,
     search_saturation,
     tokens_per_request,
+    workload_for,
 )
 from memgap.sweep_html import render_html
 from memgap.units import format_seconds, parse_size
+
+# llama.cpp pads each sequence's share of the context to 256 cells (measured: --ctx-size 192
+# --parallel 4 allocated 1024 cells), so a budget below 256 x slots is not what it asked for.
+LLAMACPP_MIN_SLOT_CELLS = 256
 
 
 class _Lines:
@@ -106,7 +111,8 @@ def sweep_command(
     ctx_size: Annotated[list[int] | None, typer.Option("--ctx-size", "-c", help="KV budget in tokens (llama.cpp context size), repeatable: one curve each.")] = None,
     parallel: Annotated[str, typer.Option(help="Engine slots: a number, or 'fit' = ctx-size // (prompt + output tokens), so the KV budget caps how many requests hold KV at once.")] = "fit",
     kv_unified: Annotated[bool, typer.Option("--kv-unified/--no-kv-unified", help="One KV buffer shared by all slots (llama.cpp fails requests when it fills, it does not queue them).")] = False,
-    requests: Annotated[int | None, typer.Option(help="Measured requests per point (default: 3 x concurrency, at least 4).")] = None,
+    requests: Annotated[int | None, typer.Option(help="Measured requests per point (default: --requests-per-concurrency x concurrency, at least 4).")] = None,
+    requests_per_concurrency: Annotated[int, typer.Option(help="Without --requests: measured requests per unit of concurrency.")] = 3,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length in tokens (minimum, with --prompt-tokens-max).")] = 128,
     prompt_tokens_max: Annotated[int | None, typer.Option(help="Draw prompt lengths uniformly up to this.")] = None,
     output_tokens: Annotated[int, typer.Option(help="Output tokens per request (minimum, with --output-tokens-max).")] = 64,
@@ -168,6 +174,7 @@ def sweep_command(
     points = plan_points(conc, rates, budgets)
     for p in points:
         options(p)  # every point's engine options are valid before the first run starts
+        workload_for(p, workload, requests, requests_per_concurrency)
     limit = parse_size(memory_limit, what="--memory-limit") if memory_limit else None
     environment = make_environment(env, memory_limit_bytes=limit)
     environment.check()
@@ -177,6 +184,7 @@ def sweep_command(
                        memory_limit_bytes=limit),  # fmt: skip
         slo=slo_obj,
         requests=requests,
+        requests_per_concurrency=requests_per_concurrency,
     )
     err = Console(stderr=True, highlight=False)
     lines = _Lines(err, quiet=False)
@@ -190,6 +198,11 @@ def sweep_command(
     try:
         with open_store(store) as st:
             err.print(f"memgap: sweep {settings.sweep_id}: {len(points)} points, {environment.name}", markup=False)
+            small = sorted({(o.ctx_size, o.parallel) for o in map(options, points) if o.ctx_size // o.parallel < LLAMACPP_MIN_SLOT_CELLS})
+            for ctx, slots in small:
+                err.print(f"memgap: note: ctx {ctx} over {slots} slots is {ctx // slots} cells each; llama.cpp gives a slot at "
+                          f"least {LLAMACPP_MIN_SLOT_CELLS}, so its KV budget will be {LLAMACPP_MIN_SLOT_CELLS * slots} cells "
+                          "(see kv_cache_tokens)", markup=False)  # fmt: skip
 
             def engine_for(p: SweepPoint) -> LlamaCppEngine:
                 return LlamaCppEngine(options(p))
