@@ -17,6 +17,9 @@ from typing import Any
 from memgap.ledger import CATEGORIES, Ledger, run_ledgers
 from memgap.units import format_bytes
 
+# The --json layout's version; bump and list the change here.
+#   1 -- a, b, categories, categories_at_peak, hypotheses, notes (2026-11).
+EXPLAIN_VERSION = 1
 SUPPORTED, CONTRADICTED, NOT_MEASURED = "supported", "contradicted", "not measured"
 MIB, GIB = 1024**2, 1024**3
 MATERIAL_FLOOR_BYTES = 32 * MIB
@@ -113,6 +116,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "explain_version": EXPLAIN_VERSION,
             "a": self.a.describe(), "b": self.b.describe(),
             "categories": [r.to_dict() for r in self.categories],
             "categories_at_peak": [r.to_dict() for r in self.categories_at_peak],
