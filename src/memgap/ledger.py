@@ -155,6 +155,18 @@ def _cgroup_version(record: Mapping[str, Any]) -> int | None:
     return int(v) if isinstance(v, int | str) and str(v) in ("1", "2") else None
 
 
+def _gpu_unified(record: Mapping[str, Any]) -> bool | None:
+    """True when a GPU of the run's host shares host memory (GB10, GH200), from the
+    record's host facts (memgap.hostinfo: NVML's view of each device)."""
+    gpus = (record.get("host") or {}).get("gpus")
+    if not isinstance(gpus, list) or not gpus:
+        return None
+    flags = [g.get("unified_memory") for g in gpus if isinstance(g, dict)]
+    if any(f is True for f in flags):
+        return True
+    return False if flags and all(f is False for f in flags) else None
+
+
 def _engine_on_host(report: Mapping[str, Any]) -> bool | None:
     """Whether the engine's buffers (weights, KV, compute) live in host memory. llama.cpp
     names the buffer's device in each line (``CPU KV buffer``, ``CUDA0 KV buffer``)."""
@@ -285,8 +297,18 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
             if mapped is not None else NOT_MEASURED)
 
     gpu = _g(row, "gpu_process_used_bytes")
-    cat["gpu_outside_cgroup"] = (gpu, "NVML per-process used memory" if gpu is not None
-                                 else "not measured: no NVML per-process reading in this run")
+    unified = _gpu_unified(record)
+    if gpu is None:
+        cat["gpu_outside_cgroup"] = (None, "not measured: no NVML per-process reading in this run")
+    elif unified:
+        cat["gpu_outside_cgroup"] = (gpu, "NVML per-process used memory (unified memory: host memory the "
+                                          "cgroup is not charged for)")
+    else:
+        # Discrete device memory is not host memory: beside the ledger, not in its sum.
+        engine_info["gpu_process_used_bytes"] = gpu
+        cat["gpu_outside_cgroup"] = (None, "device memory of a discrete GPU (or one not known to be unified): "
+                                           "not host memory, listed under engine figures")
+        gpu = None
 
     if cached is not None and run_file is not None:
         put("outside_page_cache", cached - run_file - (elsewhere or 0),

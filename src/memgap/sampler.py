@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from memgap.collect.cgroup import CgroupRef, parse_memory_stat
 from memgap.collect.engine_metrics import engine_metrics
@@ -48,7 +48,10 @@ PROCESS_COLUMNS = (
     "process_shmem_bytes",
     "process_count",
 )
-SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting")
+# gpu_process_used_bytes: NVML's per-process used memory summed over the engine's
+# processes (0 when NVML works and none of them holds GPU memory).
+SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting",
+                  "gpu_process_used_bytes")
 COLUMNS = ("t_s", *HOST_COLUMNS, *CGROUP_COLUMNS, *PROCESS_COLUMNS, *SPARSE_COLUMNS)
 
 
@@ -58,6 +61,7 @@ class SamplerConfig:
     smaps_interval_s: float = 5.0
     tree_refresh_s: float = 1.0
     metrics_interval_s: float = 1.0
+    gpu_interval_s: float = 1.0
 
 
 @dataclass
@@ -179,6 +183,29 @@ def _v2_kernel(stat: Mapping[str, int]) -> int | None:
 _SHORT_WAIT_S = 0.05
 
 
+GpuProcessReader = Callable[[], "Mapping[int, int | None] | str"]
+
+
+def nvidia_driver_present(root: Path = Path("/")) -> bool:
+    return (root / "proc/driver/nvidia").exists() or (root / "dev/nvidiactl").exists()
+
+
+def nvml_process_memory() -> Mapping[int, int | None] | str:
+    """pid -> GPU memory used, over every GPU (None where NVML cannot say), or why NVML
+    cannot be read."""
+    from memgap.collect.nvml import NvmlUnavailable, read_gpus
+
+    gpus = read_gpus()
+    if isinstance(gpus, NvmlUnavailable):
+        return gpus.reason
+    out: dict[int, int | None] = {}
+    for g in gpus:
+        for pid, used in g.process_used_bytes.items():
+            prev = out.get(pid, 0)
+            out[pid] = None if used is None or prev is None else prev + used
+    return out
+
+
 class Sampler:
     def __init__(
         self,
@@ -188,6 +215,7 @@ class Sampler:
         *,
         proc_root: Path = Path("/proc"),
         metrics_fetch: Callable[[], str | None] | None = None,
+        gpu_read: GpuProcessReader | None | Literal["auto"] = "auto",
     ) -> None:
         self.pid = pid
         self.cgroup = cgroup
@@ -196,6 +224,11 @@ class Sampler:
             raise ValueError(f"sample rate must be in (0, 1000] Hz, got {self.config.rate_hz}")
         self.proc_root = proc_root
         self.metrics_fetch = metrics_fetch
+        # NVML is tried only where an NVIDIA driver is loaded: importing and initialising
+        # it elsewhere costs a failed dlopen per tick for nothing.
+        self._gpu_read = (nvml_process_memory if nvidia_driver_present() else None) if gpu_read == "auto" \
+            else gpu_read
+        self._gpu_at = -1e9
         self.series = MemorySeries(rate_hz=self.config.rate_hz)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -292,6 +325,7 @@ class Sampler:
             self._sample_cgroup(row)
             self._sample_processes(row, t)
             self._sample_metrics(row, t)
+            self._sample_gpu(row, t)
             for c in COLUMNS:
                 self.series.columns[c].append(row[c])
             return t
@@ -415,6 +449,20 @@ class Sampler:
                 reader.close()
                 continue
             self._status[key] = reader
+
+    def _sample_gpu(self, row: dict[str, Any], t: float) -> None:
+        if self._gpu_read is None or t - self._gpu_at < self.config.gpu_interval_s:
+            return
+        self._gpu_at = t
+        got = self._gpu_read()
+        if isinstance(got, str):  # NVML cannot be used here: say why once, stop asking
+            self._note(f"gpu: {got}")
+            self._gpu_read = None
+            return
+        pids = {k.pid for k in self._tree}
+        present = [got[p] for p in pids if p in got]
+        row["gpu_process_used_bytes"] = None if any(v is None for v in present) else sum(
+            v for v in present if v is not None)
 
     def _sample_metrics(self, row: dict[str, Any], t: float) -> None:
         if self.metrics_fetch is None or t - self._metrics_at < self.config.metrics_interval_s:

@@ -175,13 +175,23 @@ def test_engine_level_only_record_is_not_measured() -> None:
     assert led.get("unexplained").source == NOT_MEASURED
 
 
-def test_gpu_reading_when_present() -> None:
+@pytest.mark.parametrize(("gpus", "in_sum"), [([{"unified_memory": True}], True),
+                                             ([{"unified_memory": False}], False), (None, False)])
+def test_gpu_reading_counts_in_host_memory_only_on_unified_memory(gpus: Any, in_sum: bool) -> None:
     rec = _record(MEM, cgroup_version=2, report=_llamacpp_report(kv=1, compute=1))
-    led = ledger_at(rec, _row(cgroup_usage_bytes=10 * MIB, cgroup_anon_bytes=10 * MIB, cgroup_file_bytes=0,
-                              cgroup_shmem_bytes=0, cgroup_file_mapped_bytes=0, cgroup_kmem_bytes=0,
-                              gpu_process_used_bytes=1_000 * MIB), at="ready")
-    assert led.bytes("gpu_outside_cgroup") == 1_000 * MIB
+    rec["host"] = {"gpus": gpus}
+    row = _row(cgroup_usage_bytes=10 * MIB, cgroup_anon_bytes=10 * MIB, cgroup_file_bytes=0, cgroup_shmem_bytes=0,
+               cgroup_file_mapped_bytes=0, cgroup_kmem_bytes=0, gpu_process_used_bytes=1_000 * MIB)
+    led = ledger_at(rec, row, at="ready")
+    without = ledger_at(rec, {**row, "gpu_process_used_bytes": None}, at="ready")
     assert _sum(led) == led.total_bytes
+    if in_sum:
+        assert led.bytes("gpu_outside_cgroup") == 1_000 * MIB
+        assert led.bytes("outside_other") == without.bytes("outside_other") - 1_000 * MIB
+    else:
+        assert led.bytes("gpu_outside_cgroup") is None
+        assert led.engine["gpu_process_used_bytes"] == 1_000 * MIB
+        assert led.bytes("outside_other") == without.bytes("outside_other")
 
 
 sizes = st.one_of(st.none(), st.integers(min_value=0, max_value=2**40))

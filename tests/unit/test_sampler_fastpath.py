@@ -55,3 +55,81 @@ def test_garbage_never_raises(text: str) -> None:
     for keys, kb in ((_MEMINFO_KEYS, True), (_STATUS_KEYS, True), (_CG_STAT_KEYS[1][0], False)):
         for v in _lookup(text, keys, kb=kb).values():
             assert isinstance(v, int)
+
+
+# -- GPU memory per process (NVML) ---------------------------------------------------------
+
+def _sampler_on_self(gpu_read: object) -> object:
+    import os
+    import time
+
+    from memgap.sampler import Sampler, SamplerConfig
+
+    s = Sampler(os.getpid(), None, SamplerConfig(gpu_interval_s=0.0), gpu_read=gpu_read)  # type: ignore[arg-type]
+    s._t0 = time.monotonic()
+    return s
+
+
+def test_gpu_memory_of_the_engine_processes_is_summed() -> None:
+    import os
+
+    calls = []
+
+    def read() -> dict[int, int | None]:
+        calls.append(1)
+        return {os.getpid(): 100 << 20, 1: 5 << 20}  # pid 1 is not in the tree
+
+    s = _sampler_on_self(read)
+    s.sample()  # type: ignore[attr-defined]
+    series = s.stop()  # type: ignore[attr-defined]
+    assert series.columns["gpu_process_used_bytes"] == [100 << 20]
+    assert calls == [1]
+
+
+def test_gpu_unreadable_is_noted_once_and_not_asked_again() -> None:
+    calls = []
+
+    def read() -> str:
+        calls.append(1)
+        return "NVIDIA driver not loaded"
+
+    s = _sampler_on_self(read)
+    s.sample()  # type: ignore[attr-defined]
+    s.sample()  # type: ignore[attr-defined]
+    series = s.stop()  # type: ignore[attr-defined]
+    assert series.columns["gpu_process_used_bytes"] == [None, None]
+    assert calls == [1] and "gpu: NVIDIA driver not loaded" in series.errors
+
+
+def test_no_engine_process_on_the_gpu_is_zero_and_unknown_is_none() -> None:
+    import os
+
+    s = _sampler_on_self(lambda: {4242: 1})
+    s.sample()  # type: ignore[attr-defined]
+    assert s.stop().columns["gpu_process_used_bytes"] == [0]  # type: ignore[attr-defined]
+    s = _sampler_on_self(lambda: {os.getpid(): None})
+    s.sample()  # type: ignore[attr-defined]
+    assert s.stop().columns["gpu_process_used_bytes"] == [None]  # type: ignore[attr-defined]
+
+
+def test_nvml_process_memory_through_the_pynvml_double(monkeypatch: object) -> None:
+    import importlib.util
+    import sys
+
+    import memgap.collect.nvml as nvml_mod
+    from memgap.sampler import nvidia_driver_present, nvml_process_memory
+
+    spec = importlib.util.spec_from_file_location(
+        "pynvml_double_for_sampler", Path(__file__).resolve().parent / "collect" / "pynvml_double.py")
+    assert spec is not None and spec.loader is not None
+    dbl = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, dbl)  # type: ignore[attr-defined]  # dataclasses look it up
+    spec.loader.exec_module(dbl)
+    fake = dbl.PynvmlDouble([dbl.FakeDevice(compute=[(11, 300 << 20), (12, None)]),
+                             dbl.FakeDevice(compute=[(11, 100 << 20)])])
+    monkeypatch.setattr(nvml_mod, "_load_pynvml", lambda: fake)  # type: ignore[attr-defined]
+    assert nvml_process_memory() == {11: 400 << 20, 12: None}
+    broken = dbl.PynvmlDouble([], init_error=dbl.NVML_ERROR_DRIVER_NOT_LOADED)
+    monkeypatch.setattr(nvml_mod, "_load_pynvml", lambda: broken)  # type: ignore[attr-defined]
+    assert nvml_process_memory() == "NVIDIA driver not loaded"
+    assert isinstance(nvidia_driver_present(), bool)
