@@ -48,6 +48,7 @@ SHOWN = (
     ("process_file_bytes", "processes RssFile"),
     ("process_shmem_bytes", "processes RssShmem"),
     ("process_pss_bytes", "processes PSS (smaps_rollup)"),
+    ("gpu_process_used_bytes", "processes' GPU memory (NVML)"),
 )
 
 
