@@ -10,7 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memgap.explain import CONTRADICTED, SUPPORTED, Explanation, Row, RunInput, explain
+from memgap.explain import (
+    CONTRADICTED,
+    EXPLAIN_VERSION,
+    SUPPORTED,
+    Explanation,
+    Row,
+    RunInput,
+    Side,
+    explain,
+    make_side,
+    median,
+)
+from memgap.ledger import CATEGORIES
 from memgap.selectors import HELP as SELECTOR_HELP
 from memgap.selectors import select_runs
 from memgap.store import Store, open_store
@@ -25,12 +37,22 @@ def _inputs(store: Store, selector: str) -> list[RunInput]:
 
 def explain_command(
     a: Annotated[str, typer.Argument(help=f"One side: {SELECTOR_HELP}; several runs are summarised by their median.")],
-    b: Annotated[str, typer.Argument(help="The other side, the same way.")],
+    b: Annotated[str | None, typer.Argument(help="The other side, the same way. Without it: the ledger of A alone.")] = None,
     store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: a, b, categories, hypotheses.")] = False,
     peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Also show the ledgers at the run's peak.")] = True,
 ) -> None:
     """Compare two runs (or groups, by their median) category by category and give a verdict on each hypothesis."""
+    if b is None:
+        with open_store(store) as st:
+            side = make_side(a, _inputs(st, a))
+        if as_json:
+            typer.echo(json.dumps({"explain_version": EXPLAIN_VERSION, "a": side.describe(),
+                                   "ledgers": {m: [led.to_dict() for led in side.ledgers[m]] for m in ("ready", "peak")}},
+                                  indent=2))
+            return
+        _print_one(side, show_peak=peak)
+        return
     with open_store(store) as st:
         ex = explain(a, _inputs(st, a), b, _inputs(st, b))
     if as_json:
@@ -89,6 +111,37 @@ def _print(ex: Explanation, *, show_peak: bool) -> None:
     if ex.notes:
         out.print("[bold]What these runs can and cannot establish[/bold]")
         for n in ex.notes:
+            out.print(f"  - {n}", markup=False)
+
+
+def _print_one(side: Side, *, show_peak: bool) -> None:
+    """One run's (or one group's median) ledger, without a comparison."""
+    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
+    d = side.describe()
+    out.print(f"{side.label}: {d['runs']} run(s) ({', '.join(d['run_ids'][:4])}"
+              + (f" +{d['runs'] - 4}" if d["runs"] > 4 else "") + ")" + (" - medians" if d["runs"] > 1 else ""))
+    for mark in ("ready", "peak") if show_peak else ("ready",):
+        ledgers = side.ledgers[mark]
+        if not any(led.measured for led in ledgers):
+            out.print(f"at {mark}: the memory layers were not measured ({ledgers[0].notes[0] if ledgers[0].notes else ''})",
+                      markup=False)
+            continue
+        t = Table(title=f"Ledger at {'engine ready' if mark == 'ready' else 'peak'}", title_justify="left")
+        t.add_column("category")
+        t.add_column("bytes", justify="right")
+        t.add_column("share", justify="right")
+        t.add_column("source", overflow="fold", style="dim")
+        total = median([led.total_bytes for led in ledgers])
+        for key, title in CATEGORIES:
+            v = median([led.bytes(key) for led in ledgers])
+            share = f"{100 * v / total:.1f}%" if v is not None and total else "-"
+            src = "; ".join(sorted({led.get(key).source for led in ledgers}))
+            t.add_row(title, _fmt(v), share, src, style="bold" if key == "unexplained" else None)
+        t.add_row("total", _fmt(total), "100%", ledgers[0].total_source, style="bold")
+        run_total = median([led.run_total_bytes for led in ledgers])
+        t.add_row("the run's own memory", _fmt(run_total), "", ledgers[0].run_total_source)
+        out.print(t)
+        for n in sorted({n for led in ledgers for n in led.notes}):
             out.print(f"  - {n}", markup=False)
 
 

@@ -66,3 +66,34 @@ def test_explain_bad_selection_is_a_usage_error(store: Path, capsys: pytest.Capt
                                                 message: str) -> None:
     assert main(["explain", a, "environment=native", "--store", str(store)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_explain_one_side_prints_its_ledger(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "model=gpt120b", "--store", str(store), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["a"]["runs"] == 23 and len(d["ledgers"]["ready"]) == 23
+    led = d["ledgers"]["ready"][0]
+    assert led["total_bytes"] is None and led["engine"]["kv_cache_bytes"] > 0
+    assert main(["explain", "model=gpt120b", "--store", str(store)]) == 0
+    assert "the memory layers were not measured" in capsys.readouterr().out
+
+
+def test_explain_one_side_with_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from memgap.importers import blank_record
+    from memgap.sampler import COLUMNS
+    from memgap.store import Store
+
+    row = dict.fromkeys(COLUMNS)
+    row.update(t_s=1.0, host_free_bytes=6 << 30, host_cached_bytes=1 << 30, host_shmem_bytes=0,
+               cgroup_usage_bytes=300 << 20, cgroup_anon_bytes=200 << 20, cgroup_file_bytes=100 << 20,
+               cgroup_shmem_bytes=0, cgroup_file_mapped_bytes=90 << 20, cgroup_kmem_bytes=0)
+    rec = blank_record()
+    rec.update(run_id="r1", environment="sandbox", engine="llamacpp", status="ok", created_at="2026-01-01T00:00:00",
+               environment_info={"cgroup_version": 1},
+               memory={"host_total_bytes": 8 << 30, "at": {"ready": row, "peak": row}})
+    with Store(tmp_path / "s.db") as s:
+        s.add_run(rec)
+    assert main(["explain", "r1", "--store", str(tmp_path / "s.db")]) == 0
+    out = capsys.readouterr().out
+    assert "Ledger at engine ready" in out and "Ledger at peak" in out
+    assert "page cache charged to the run, mapped" in out and "90.0 MiB" in out
