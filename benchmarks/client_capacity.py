@@ -43,14 +43,15 @@ TOKENIZER_SCRIPT = """
 import sys
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import PreTrainedTokenizerFast
-words = "the of and to in is was for on that with as by at from his her he it an be this are".split()
-vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2}
-for w in words:
-    vocab.setdefault(w, len(vocab))
-tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.Whitespace()
-tok.decoder = decoders.WordPiece(prefix="##")
-PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>").save_pretrained(sys.argv[1])
+# byte-level, no merges: every text encodes (a word-level vocabulary leaves guidellm's
+# synthetic prompts empty, and it then fails those requests)
+vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+vocab["<s>"] = len(vocab)
+vocab["</s>"] = len(vocab)
+tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(sys.argv[1])
 """
 
 
@@ -184,11 +185,14 @@ def main() -> int:
 
             def measure(name: str, c: int, n: int, out_tokens: int) -> Measured:
                 if name == "memgap":
-                    return run_measured(memgap_argv(url, c, n, out_tokens), url, env)
-                g: Guidellm = clients[name]
-                argv, path = g.argv(url, c, n, out_tokens)
-                m = run_measured(argv, url, env)
-                m.client = g.report(path)
+                    m = run_measured(memgap_argv(url, c, n, out_tokens), url, env)
+                else:
+                    g: Guidellm = clients[name]
+                    argv, path = g.argv(url, c, n, out_tokens)
+                    m = run_measured(argv, url, env)
+                    m.client = g.report(path)
+                if m.requests != n or m.tokens != n * out_tokens:
+                    print(f"  warning: {name} completed {m.requests} of {n} requests ({m.tokens} tokens)")
                 return m
 
             print(f"fast server: {url}, first-token delay {args.first_token_delay * 1000:.0f} ms; "
