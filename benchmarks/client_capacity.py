@@ -160,20 +160,30 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=128, help="N: runs use N and 4N requests")
     ap.add_argument("--first-token-delay", type=float, default=0.1)
     ap.add_argument("--ttft-streams", default="1,64,512")
+    ap.add_argument("--ttft-token-interval", type=float, default=0.05,
+                    help="seconds between tokens of a stream in the TTFT part (0.05: 20 tokens/s, engine-like)")
     ap.add_argument("--skip-guidellm", action="store_true", help="measure memgap's client only")
     args = ap.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, str(HERE / "fast_stream_server.py"), "--port", str(port),
-                               "--first-token-delay", str(args.first_token_delay)], stdout=subprocess.DEVNULL)  # fmt: skip
-    try:
-        for _ in range(100):
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def start_server(interval: float) -> str:
+        port = free_port()
+        servers.append(subprocess.Popen([sys.executable, str(HERE / "fast_stream_server.py"), "--port", str(port),
+                                         "--first-token-delay", str(args.first_token_delay),
+                                         "--token-interval", str(interval)], stdout=subprocess.DEVNULL))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
             try:
                 httpx.get(url + "/health")
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
+        return url
+
+    try:
+        url = start_server(0.0)
+        paced_url = start_server(args.ttft_token_interval)
         with tempfile.TemporaryDirectory(prefix="memgap-bench-") as tmp:
             clients: dict[str, Any] = {"memgap": None}
             if not args.skip_guidellm:
@@ -183,7 +193,7 @@ def main() -> int:
                 clients["guidellm"] = Guidellm(args.guidellm, Path(tmp))
             env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
-            def measure(name: str, c: int, n: int, out_tokens: int) -> Measured:
+            def measure(name: str, c: int, n: int, out_tokens: int, url: str = url) -> Measured:
                 if name == "memgap":
                     m = run_measured(memgap_argv(url, c, n, out_tokens), url, env)
                 else:
@@ -213,18 +223,21 @@ def main() -> int:
                 print(f"  ratio memgap / guidellm: {ratio:.2f}x tokens per CPU-second ({verdict} the 1.5x target)")
 
             print(f"\n2. TTFT error (client median - server's true median; true = {args.first_token_delay * 1000:.0f} ms "
-                  "delay + server time)")  # fmt: skip
+                  f"delay + server time; 16 tokens per request, {args.ttft_token_interval * 1000:.0f} ms apart)")  # fmt: skip
             for c in (int(x) for x in args.ttft_streams.split(",")):
-                n = max(c, 16)
+                n = max(2 * c, 16)
                 for name in clients:
-                    m = measure(name, c, n, 16)
+                    m = measure(name, c, n, 16, paced_url)
                     got, true = m.client.get("ttft_p50_s"), m.true_ttft_p50_s
-                    err = None if got is None or true is None else got - true
+                    if got is None or true is None:
+                        print(f"  {c:>4} streams  {name:<9} no TTFT measured ({m.requests} requests)")
+                        continue
                     print(f"  {c:>4} streams  {name:<9} measured {got * 1000:8.1f} ms  true {true * 1000:7.1f} ms  "
-                          f"error {err * 1000:+8.1f} ms  ({m.requests} requests)")  # fmt: skip
+                          f"error {(got - true) * 1000:+8.1f} ms  ({m.requests} requests)")  # fmt: skip
     finally:
-        server.terminate()
-        server.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
     return 0
 
 

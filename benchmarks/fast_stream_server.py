@@ -10,7 +10,8 @@ The first token of each response is held back ``--first-token-delay`` seconds af
 request's body has arrived; the server records when the request arrived and when that
 first token was written, so a client's measured TTFT can be compared with the truth.
 After it, tokens go out back to back, each its own SSE event and its own socket write
-(the event loop yields between them, so many streams interleave as on a real server).
+(the event loop yields between them, so many streams interleave as on a real server), or
+``--token-interval`` seconds apart, paced like an engine's decode steps.
 
 Plain asyncio over raw sockets, HTTP/1.1 keep-alive with chunked transfer encoding:
 a few microseconds of server CPU per token, so the client is what gets measured.
@@ -54,8 +55,9 @@ def _response(status: str, body: bytes, ctype: bytes = b"application/json") -> b
 
 
 class Server:
-    def __init__(self, first_token_delay_s: float) -> None:
+    def __init__(self, first_token_delay_s: float, token_interval_s: float = 0.0) -> None:
         self.delay = first_token_delay_s
+        self.interval = token_interval_s
         self.stats = Stats()
         comp = {"id": "c", "object": "text_completion", "model": "fast", "choices": [
             {"index": 0, "text": _TOKEN, "finish_reason": None}]}  # fmt: skip
@@ -117,7 +119,8 @@ class Server:
         self.stats.true_ttft_s.append(time.perf_counter() - arrived)
         for _ in range(n - 1):
             await w.drain()
-            await asyncio.sleep(0)  # let other streams write: one event per socket write
+            # 0: let other streams write, one event per socket write; else pace like an engine
+            await asyncio.sleep(self.interval)
             w.write(event)
         usage = {"id": "c", "object": "text_completion", "model": "fast", "choices": [],
                  "usage": {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}}  # fmt: skip
@@ -129,8 +132,8 @@ class Server:
         self.stats.requests += 1
 
 
-async def serve(host: str, port: int, delay: float, ready: asyncio.Event | None = None) -> None:
-    server = Server(delay)
+async def serve(host: str, port: int, delay: float, interval: float = 0.0, ready: asyncio.Event | None = None) -> None:
+    server = Server(delay, interval)
     srv = await asyncio.start_server(server.handle, host, port, backlog=4096, limit=1 << 20)
     if ready is not None:
         ready.set()
@@ -143,9 +146,11 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8199)
     ap.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before each first token")
+    ap.add_argument("--token-interval", type=float, default=0.0,
+                    help="seconds between tokens of one stream (0: as fast as it can)")
     args = ap.parse_args()
     print(f"fast_stream_server on http://{args.host}:{args.port}", flush=True)
-    asyncio.run(serve(args.host, args.port, args.first_token_delay))
+    asyncio.run(serve(args.host, args.port, args.first_token_delay, args.token_interval))
 
 
 if __name__ == "__main__":
