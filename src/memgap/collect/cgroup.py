@@ -198,14 +198,21 @@ def _best_mount(mounts: list[CgroupMount], relpath: str) -> tuple[CgroupMount, s
 
 def memory_cgroup_of(pid: int | str = "self", proc_root: Path = Path("/proc")) -> CgroupRef | None:
     """The memory cgroup of a process, or None (process gone, no memory controller,
-    or its cgroup not reachable through any mount in this mount namespace)."""
+    or its cgroup not reachable through any mount in this mount namespace).
+
+    The path in /proc/PID/cgroup is relative to *our* cgroup namespace, so it is resolved
+    through *our* mounts (/proc/self/mountinfo), never the process's own: a container's
+    mountinfo shows its cgroup mounted at its own root, which read from the host would
+    name the host's root cgroup. (A fake tree without a ``self`` entry uses the
+    process's mountinfo.)"""
     pid_dir = proc_root / str(pid)
     cgroup_text = read_optional(pid_dir / "cgroup")
-    mountinfo_text = read_optional(pid_dir / "mountinfo")
+    mounts_dir = proc_root / "self" if (proc_root / "self" / "mountinfo").exists() else pid_dir
+    mountinfo_text = read_optional(mounts_dir / "mountinfo")
     if cgroup_text is None or mountinfo_text is None:
         return None
     lines = parse_proc_cgroup(cgroup_text, str(pid_dir / "cgroup"))
-    mounts = parse_mountinfo_cgroups(mountinfo_text, str(pid_dir / "mountinfo"))
+    mounts = parse_mountinfo_cgroups(mountinfo_text, str(mounts_dir / "mountinfo"))
 
     v1_line = next(
         (ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None
