@@ -396,6 +396,10 @@ def build_record(
         "request_throughput_per_s": s.get("request_throughput_per_s"),
         "workload_duration_s": s.get("duration_s"),
         "token_count_mismatches": s.get("token_count_mismatches"),
+        # Every run starts its own engine process, so no prompt (prefix) cache carries over
+        # from an earlier run; hits within this run are counted (e.g. a shared chat template).
+        "prefix_cache": "fresh engine process per run",
+        "prompt_cache_hits": s.get("prompt_cache_hits"),
         "ttft_s": pct("ttft_s"),
         "itl_s": pct("itl_s"),
         "e2e_s": pct("e2e_s"),
