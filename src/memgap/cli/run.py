@@ -25,10 +25,12 @@ from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
 from memgap.envs import ENVIRONMENTS, ContainerOptions, make_environment
 from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
+from memgap.load.slo import goodput, parse_slo
 from memgap.load.spec import WorkloadSpec
 from memgap.runner import RECORD_VERSION, RunConfig, execute_run
 from memgap.sampler import SamplerConfig
 from memgap.store import SCHEMA_VERSION, open_store
+from memgap.sweep import request_from_row
 from memgap.units import parse_size
 
 
@@ -87,6 +89,8 @@ def run_command(
     arrival: Annotated[str, typer.Option(help="Arrivals in rate mode: constant or poisson.")] = "constant",
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length in tokens (exact, by the server's tokenizer).")] = 128,
     output_tokens: Annotated[int, typer.Option(help="Output tokens per request (end of sequence ignored).")] = 64,
+    dataset: Annotated[Path | None, typer.Option(help="JSONL of prompts or ShareGPT-style conversations to send instead of synthetic prompts.")] = None,
+    slo: Annotated[str, typer.Option(help="Objectives for goodput, e.g. ttft_s=0.5,itl_s=0.05,e2e_s=5 (printed beside throughput).")] = "",
     warmup: Annotated[int, typer.Option(help="Warm-up requests, not counted.")] = 2,
     api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
     request_timeout: Annotated[float, typer.Option(help="Seconds before a request counts as timed out.")] = 120.0,
@@ -145,7 +149,9 @@ def run_command(
         warmup_requests=warmup,
         timeout_s=request_timeout,
         seed=seed,
+        dataset=str(dataset) if dataset else None,
     )
+    slo_obj = parse_slo(slo)
     engine = LlamaCppEngine(
         LlamaCppOptions(
             model_path=model,
@@ -203,12 +209,26 @@ def run_command(
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    goodputs = {}
+    if not slo_obj.empty:
+        with open_store(store) as st:
+            for r in records:
+                rows = [request_from_row(x) for x in st.requests(r["run_id"])]
+                goodputs[r["run_id"]] = goodput(rows, slo_obj, r.get("workload_duration_s") or 0.0).to_dict()
     if as_json:
         out = {"schema_version": SCHEMA_VERSION, "record_version": RECORD_VERSION, "store": str(store), "runs": records}
+        if goodputs:
+            out["goodput"] = goodputs
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
         console = Console(highlight=False)
         console.print(comparison_table(records))
+        for r in records:
+            g = goodputs.get(r["run_id"])
+            if g is not None:
+                per_s = "-" if g["goodput_per_s"] is None else f"{g['goodput_per_s']:.2f}/s"
+                met = "-" if g["met_fraction"] is None else f"{100 * g['met_fraction']:.0f}%"
+                console.print(f"{r['environment']}: goodput ({slo_obj.describe()}) {per_s}, {met} of requests met the SLOs", highlight=False)
         for r in records:
             if r["status"] != "ok":
                 console.print(f"[red]{r['environment']} failed:[/red] {r['failure']}", highlight=False)
