@@ -100,7 +100,8 @@ def test_events_do_not_depend_on_how_bytes_are_split(data: bytes, cuts: list[int
 
 
 @given(
-    st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=20), max_size=10)
+    # surrogates (category Cs) cannot be encoded to UTF-8, so no server can send them
+    st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20), max_size=10)
 )
 def test_any_payload_round_trips(payloads: list[str]) -> None:
     raw = b"".join(b"data: " + p.encode() + b"\n\n" for p in payloads)
