@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from memgap.load.datasets import draw_lengths, load_dataset, sample_entries
+from memgap.load.http1 import Pool
 from memgap.load.prompts import CountTokens, build_prompt_with, tokenizer_for
 from memgap.load.records import RequestRecord, WorkloadSummary, summarize
 from memgap.load.request import PlannedRequest, request_body, send_request
@@ -154,6 +155,12 @@ class _Runner:
     ) -> None:
         self.client = client
         self.url = url
+        # Plain http (every local engine): memgap's own HTTP/1.1 client for the timed
+        # requests (memgap.load.http1 says why); httpx for anything else.
+        self.pool: Pool | None = None
+        if url.startswith("http://"):
+            base = url[: len(url) - len(spec.path)]
+            self.pool = Pool(base, connect_timeout_s=min(spec.timeout_s, 10.0))
         self.spec = spec
         self.model = model
         self.on_record = on_record
@@ -163,8 +170,8 @@ class _Runner:
         self, index: int, planned: PlannedRequest, *, warmup: bool, scheduled: float, origin: float
     ) -> None:
         record = await send_request(
-            self.client,
-            self.url,
+            self.pool if self.pool is not None else self.client,
+            self.spec.path if self.pool is not None else self.url,
             request_body(self.spec, planned, self.model),
             index=index,
             warmup=warmup,
@@ -259,6 +266,9 @@ async def run_workload(
             duration_s = time.perf_counter() - origin
         except BaseExceptionGroup as group:
             raise _sole(group) from None
+        finally:
+            if runner.pool is not None:
+                runner.pool.close()
 
     records = tuple(sorted(runner.records, key=lambda r: (not r.warmup, r.index)))
     return WorkloadResult(

@@ -8,19 +8,24 @@ Every failure a server or network can cause becomes the record's ``error``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from memgap.load.chunks import DONE, StreamFormatError, parse_chunk
+from memgap.load.http1 import BrokenResponse, ConnectFailed, Pool
 from memgap.load.records import RequestRecord
 from memgap.load.spec import WorkloadSpec
 from memgap.load.sse import SSEDecoder, SSEError
 
 ERROR_BODY_HEAD_CHARS = 200
 _ERROR_BODY_READ_BYTES = 4096
+_DRAIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +90,9 @@ async def _read_error_body(resp: httpx.Response) -> str:
     return text[:ERROR_BODY_HEAD_CHARS]
 
 
-async def _consume(resp: httpx.Response, st: _Stream) -> None:
+async def _consume(body: AsyncIterator[bytes], st: _Stream) -> None:
     decoder = SSEDecoder()
-    async for data in resp.aiter_bytes():
+    async for data in body:
         now = time.perf_counter()
         for ev in decoder.feed(data):
             if ev.event == "error":
@@ -130,11 +135,35 @@ async def _exchange(client: httpx.AsyncClient, url: str, body: dict[str, Any], s
             st.ended = time.perf_counter()
             st.error = f"http {resp.status_code}: {head}" if head else f"http {resp.status_code}"
             return
-        await _consume(resp, st)
+        await _consume(resp.aiter_bytes(), st)
+
+
+async def _exchange_fast(pool: Pool, path: str, body: dict[str, Any], st: _Stream) -> None:
+    async with pool.request(path, json.dumps(body).encode()) as ex:
+        st.status = ex.status
+        chunks = ex.body()
+        if ex.status != 200:
+            head = b""
+            async for part in chunks:
+                head += part
+                if len(head) >= _ERROR_BODY_READ_BYTES:
+                    break
+            st.ended = time.perf_counter()
+            text = " ".join(head.decode("utf-8", "replace").split())[:ERROR_BODY_HEAD_CHARS]
+            st.error = f"http {ex.status}: {text}" if text else f"http {ex.status}"
+            return
+        await _consume(chunks, st)
+        if st.done:
+            # Read the body's end (usually already buffered) so the connection can be
+            # reused; the request's times are already taken.
+            with contextlib.suppress(TimeoutError, BrokenResponse):
+                async with asyncio.timeout(_DRAIN_S):
+                    async for _ in chunks:
+                        pass
 
 
 async def send_request(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | Pool,
     url: str,
     body: dict[str, Any],
     *,
@@ -145,14 +174,22 @@ async def send_request(
     timeout_s: float,
 ) -> RequestRecord:
     """Send one streaming request now. ``scheduled`` is when it was meant to go and
-    ``origin`` the workload's start, both ``time.perf_counter()`` values."""
+    ``origin`` the workload's start, both ``time.perf_counter()`` values. With a
+    :class:`Pool` (plain http), ``url`` is the path under the pool's base URL."""
     st = _Stream()
     sent = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            await _exchange(client, url, body, st)
+            if isinstance(client, Pool):
+                await _exchange_fast(client, url, body, st)
+            else:
+                await _exchange(client, url, body, st)
     except TimeoutError:
         st.error = "timeout"
+    except ConnectFailed as e:
+        st.error = f"connect: {e}"
+    except BrokenResponse as e:
+        st.error = f"broken stream: {e}"
     except httpx.TimeoutException as e:  # httpx's own per-read/connect timeouts
         st.error = "connect: timed out" if isinstance(e, httpx.ConnectTimeout) else "timeout"
     except httpx.ConnectError as e:

@@ -224,6 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a client opening more connections at
+    # once than that has SYNs dropped and retried a second later (real servers use 128+)
+    request_queue_size = 128
     state: DoubleState
 
 
