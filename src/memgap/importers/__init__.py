@@ -33,7 +33,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "failure_log_tail", "ready_s", "engine_exit_status", "workload", "sampler",
     "requests_ok", "requests_errored", "errors_by_kind", "output_tokens",
     "output_tokens_per_s", "request_throughput_per_s", "workload_duration_s",
-    "token_count_mismatches", "ttft_s", "itl_s", "e2e_s", "queue_delay_s",
+    "token_count_mismatches", "prefix_cache", "prompt_cache_hits", "ttft_s", "itl_s", "e2e_s", "queue_delay_s",
     "engine_report", "memory", "cgroup_final", "host",
 )
 PERCENTILE_KEYS = ("p50", "p90", "p99", "mean", "n")
