@@ -425,3 +425,22 @@ def search_saturation(
         return met is not None and met >= attainment, {"met_fraction": met, "run_id": row["run_id"]}
 
     return saturation_search(measure, lo, hi, steps), rows
+
+
+def point_of(record: Mapping[str, Any]) -> SweepPoint:
+    """The sweep point a stored run was made at, read back from its record."""
+    w = record.get("workload") or {}
+    ctx = _get(record, "engine_options", "ctx_size")
+    return SweepPoint(int(w.get("concurrency") or 1), w.get("request_rate_per_s"), ctx if isinstance(ctx, int) else None)
+
+
+def sweeps_in_store(store: Store, runs: Sequence[Any], slo: SLO | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``{sweep_id: rows}`` for the runs (``StoredRun``) that belong to a sweep, in run order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        sid = r.study_id
+        if not (isinstance(sid, str) and sid.startswith("sweep-")):
+            continue
+        requests = [request_from_row(x) for x in store.requests(r.run_id)]
+        out.setdefault(sid, []).append(point_row(point_of(r.record), r.record, requests, store.series(r.run_id), slo or SLO()))
+    return out

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from memgap.report.svg import Line, colour, line_chart
-from memgap.sweep import curves
+from memgap.sweep import curves, knees
 from memgap.units import format_seconds
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -58,10 +58,59 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
-def render_html(result: Mapping[str, Any]) -> str:
-    """``result``: what ``memgap sweep --json`` prints (points, knees, slo, sweep_id, ...)."""
+def render_section(result: Mapping[str, Any], *, heading: str = "h2") -> list[str]:
+    """The sweep's knee, charts, points and failures as HTML fragments (escaped)."""
     rows: list[Mapping[str, Any]] = list(result.get("points", []))
     x_label = "request rate (1/s)" if any(r.get("request_rate_per_s") is not None for r in rows) else "concurrency"
+    sub = "h3" if heading == "h2" else "h4"
+    parts: list[str] = []
+    knees = result.get("knees") or {}
+    if knees.get("compared"):
+        lo, hi = knees["compared"]
+        parts.append(f"<{sub}>Where the curves of ctx {_e(lo)} and ctx {_e(hi)} part</{sub}><ul>")
+        for metric, at in (knees.get("parting") or {}).items():
+            where = "never (within 20%)" if at is None else f"from {x_label} {at:g}"
+            parts.append(f"<li>{_e(metric)}: {_e(where)}</li>")
+        parts.append("</ul>")
+    sat = knees.get("saturation") or {}
+    if sat:
+        parts.append("<p>Throughput stops scaling: " + "; ".join(
+            f"ctx {_e(k)}: {'not within the sweep' if v is None else _e(f'after {x_label} {v:g}')}" for k, v in sat.items()
+        ) + "</p>")
+    for metric, title, fmt in CHARTS:
+        if metric == "goodput_per_s" and not result.get("slo_text"):
+            continue  # no SLO: goodput would only repeat throughput
+        if any(r.get(metric) is not None for r in rows):
+            parts.append(f'<div class="chart">{chart(rows, metric, title, fmt, x_label)}</div>')
+    parts.append(f"<{sub}>Points</{sub}><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in TABLE_COLUMNS) + "</tr>")
+    for r in rows:
+        parts.append("<tr>" + "".join(f"<td>{_e(_cell(r.get(c)))}</td>" for c in TABLE_COLUMNS) + "</tr>")
+    parts.append("</table>")
+    failed = [r for r in rows if r.get("status") != "ok" or r.get("requests_errored")]
+    if failed:
+        parts.append(f"<{sub}>Failures and errors</{sub}><ul>")
+        for r in failed:
+            errs = ", ".join(f"{k} x{n}" for k, n in (r.get("errors_by_kind") or {}).items())
+            parts.append(f"<li>{_e(r.get('run_id'))} ({_e(r.get('ctx_size'))}, load {_e(r.get('load'))}): "
+                         f"{_e(r.get('failure') or '')} {_e(errs)}</li>")
+        parts.append("</ul>")
+    sat_search = result.get("saturation_search")
+    if sat_search:
+        parts.append(f"<{sub}>Saturation search</{sub}><p>highest rate meeting the SLOs: "
+                     f"{_e(sat_search.get('best_rate_per_s'))} /s (bounded: {_e(sat_search.get('bounded'))})</p>")
+    return parts
+
+
+def report_section(sweep_id: str, rows: list[dict[str, Any]]) -> str:
+    """A sweep as a section of ``memgap report`` (rows from memgap.sweep.sweeps_in_store)."""
+    result = {"sweep_id": sweep_id, "points": rows, "knees": knees(rows), "slo_text": ""}
+    return "\n".join([f"<h2>Sweep {_e(sweep_id)}</h2>",
+                      "<p>One run per point, each with a fresh engine; the engine queue is its own /metrics.</p>",
+                      *render_section(result)])
+
+
+def render_html(result: Mapping[str, Any]) -> str:
+    """``result``: what ``memgap sweep --json`` prints (points, knees, slo, sweep_id, ...)."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -73,38 +122,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         f"<h1>memgap sweep {_e(result.get('sweep_id', ''))}</h1>",
         f"<p>environment {_e(result.get('environment', '-'))}; SLO {_e(result.get('slo_text') or 'none')}; "
         f"store {_e(result.get('store', '-'))}. Each point is one run with a fresh engine.</p>",
+        *render_section(result),
+        "</body></html>",
     ]
-    knees = result.get("knees") or {}
-    if knees.get("compared"):
-        lo, hi = knees["compared"]
-        parts.append(f"<h2>Where the curves of ctx {_e(lo)} and ctx {_e(hi)} part</h2><ul>")
-        for metric, at in (knees.get("parting") or {}).items():
-            where = "never (within 20%)" if at is None else f"from {x_label} {at:g}"
-            parts.append(f"<li>{_e(metric)}: {_e(where)}</li>")
-        parts.append("</ul>")
-    sat = knees.get("saturation") or {}
-    if sat:
-        parts.append("<p>Throughput stops scaling: " + "; ".join(
-            f"ctx {_e(k)}: {'not within the sweep' if v is None else _e(f'after {x_label} {v:g}')}" for k, v in sat.items()
-        ) + "</p>")
-    for metric, title, fmt in CHARTS:
-        if any(r.get(metric) is not None for r in rows):
-            parts.append(f'<div class="chart">{chart(rows, metric, title, fmt, x_label)}</div>')
-    parts.append("<h2>Points</h2><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in TABLE_COLUMNS) + "</tr>")
-    for r in rows:
-        parts.append("<tr>" + "".join(f"<td>{_e(_cell(r.get(c)))}</td>" for c in TABLE_COLUMNS) + "</tr>")
-    parts.append("</table>")
-    failed = [r for r in rows if r.get("status") != "ok" or r.get("requests_errored")]
-    if failed:
-        parts.append("<h2>Failures and errors</h2><ul>")
-        for r in failed:
-            errs = ", ".join(f"{k} x{n}" for k, n in (r.get("errors_by_kind") or {}).items())
-            parts.append(f"<li>{_e(r.get('run_id'))} ({_e(r.get('ctx_size'))}, load {_e(r.get('load'))}): "
-                         f"{_e(r.get('failure') or '')} {_e(errs)}</li>")
-        parts.append("</ul>")
-    sat_search = result.get("saturation_search")
-    if sat_search:
-        parts.append(f"<h2>Saturation search</h2><p>highest rate meeting the SLOs: "
-                     f"{_e(sat_search.get('best_rate_per_s'))} /s (bounded: {_e(sat_search.get('bounded'))})</p>")
-    parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -157,4 +157,11 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
         "models": models,
         "findings": comparison.get("findings", []),
         "studies": _studies(st, runs),
+        "sweeps": _sweeps(st, runs),
     }
+
+
+def _sweeps(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str, Any]]]:
+    from memgap.sweep import sweeps_in_store  # memgap sweep's runs: one curve per KV budget
+
+    return sweeps_in_store(st, runs)

@@ -46,7 +46,7 @@ class FakeRuns:
             "requests_ok": n, "requests_errored": 0, "output_tokens_per_s": 8 * n / dur,
             "request_throughput_per_s": n / dur, "ttft_s": {"p50": reqs[0].ttft_s}, "e2e_s": {"p50": reqs[0].e2e_s},
             "engine_options": {"parallel": opts.parallel, "ctx_size": opts.ctx_size},
-            "engine_report": {"kv_cache_tokens": opts.ctx_size},
+            "engine_report": {"kv_cache_tokens": opts.ctx_size}, "workload": cfg.workload.to_dict(),
         }  # fmt: skip
         series = {"rate_hz": 1.0, "columns": {"t_s": [0.0, 1.0, 2.0], "requests_waiting": [0.0, waiting, 0.0]},
                   "marks": {"ready": 0.0, "end": 2.0}}  # fmt: skip
@@ -142,3 +142,27 @@ def test_html_escapes_everything_from_the_store() -> None:
     page = render_html({"sweep_id": "<img src=x>", "points": [row], "knees": {}, "slo_text": "<u>"})
     assert "<script>" not in page and "<img" not in page and "<b>x" not in page and "<i>" not in page
     assert "&lt;script&gt;" in page and "&lt;img src=x&gt;" in page
+
+
+def test_sweep_runs_come_back_from_the_store_for_the_report(
+    fake: FakeRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memgap.sweep import point_of, sweeps_in_store
+    from memgap.sweep_html import report_section
+
+    db = tmp_path / "s.db"
+    assert main([*ARGS, "--store", str(db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with open_store(db) as st:
+        runs = st.runs()
+        found = sweeps_in_store(st, runs)
+    assert list(found) == [out["sweep_id"]]
+    rows = found[out["sweep_id"]]
+    # the same rows the sweep printed, rebuilt from the stored records alone (no SLO: goodput = throughput)
+    assert [(r["concurrency"], r["ctx_size"], r["engine_waiting_peak"]) for r in rows] == [
+        (p["concurrency"], p["ctx_size"], p["engine_waiting_peak"]) for p in out["points"]
+    ]
+    assert point_of(runs[0].record).label == "c=1 ctx=512"
+    html = report_section(out["sweep_id"], rows)
+    assert html.startswith(f"<h2>Sweep {out['sweep_id']}</h2>") and html.count("<svg") >= 5
+    assert "goodput" not in html.split("<table>")[0]  # no SLO stored: no goodput chart
