@@ -103,7 +103,9 @@ def render_section(result: Mapping[str, Any], *, heading: str = "h2") -> list[st
 
 def report_section(sweep_id: str, rows: list[dict[str, Any]]) -> str:
     """A sweep as a section of ``memgap report`` (rows from memgap.sweep.sweeps_in_store)."""
-    result = {"sweep_id": sweep_id, "points": rows, "knees": knees(rows), "slo_text": ""}
+    k = knees(rows)
+    k.get("parting", {}).pop("goodput_per_s", None)  # the SLO is not stored with the runs
+    result = {"sweep_id": sweep_id, "points": rows, "knees": k, "slo_text": ""}
     return "\n".join([f"<h2>Sweep {_e(sweep_id)}</h2>",
                       "<p>One run per point, each with a fresh engine; the engine queue is its own /metrics.</p>",
                       *render_section(result)])
