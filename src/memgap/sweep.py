@@ -121,6 +121,13 @@ def fit_parallel(ctx_size: int, per_request_tokens: int) -> int:
     return slots
 
 
+def kv_budget_of(record: Mapping[str, Any]) -> int | None:
+    """The KV capacity in tokens a run's engine reported (what it sized from the memory
+    it saw), to sweep another run's budget on this machine."""
+    tokens = _get(record, "engine_report", "kv_cache_tokens")
+    return tokens if isinstance(tokens, int) and tokens > 0 else None
+
+
 def workload_for(
     point: SweepPoint, base: WorkloadSpec, requests: int | None, per_concurrency: int = REQUESTS_PER_SLOT
 ) -> WorkloadSpec:

@@ -27,6 +27,7 @@ from memgap.sweep import (
     SweepSettings,
     fit_parallel,
     knees,
+    kv_budget_of,
     parse_list,
     plan_points,
     run_sweep,
@@ -109,6 +110,7 @@ def sweep_command(
     concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated (e.g. 1,2,4,8,16).")] = "1,2,4,8",
     rate: Annotated[str | None, typer.Option(help="Request rates per second to sweep instead (each at the largest --concurrency).")] = None,
     ctx_size: Annotated[list[int] | None, typer.Option("--ctx-size", "-c", help="KV budget in tokens (llama.cpp context size), repeatable: one curve each.")] = None,
+    ctx_from_run: Annotated[list[str] | None, typer.Option("--ctx-from-run", help="Add a KV budget: the KV tokens a stored run's engine reported (e.g. a native and a container run's), repeatable.")] = None,
     parallel: Annotated[str, typer.Option(help="Engine slots: a number, or 'fit' = ctx-size // (prompt + output tokens), so the KV budget caps how many requests hold KV at once.")] = "fit",
     kv_unified: Annotated[bool, typer.Option("--kv-unified/--no-kv-unified", help="One KV buffer shared by all slots (llama.cpp fails requests when it fills, it does not queue them).")] = False,
     requests: Annotated[int | None, typer.Option(help="Measured requests per point (default: --requests-per-concurrency x concurrency, at least 4).")] = None,
@@ -145,7 +147,15 @@ def sweep_command(
     slo_obj = parse_slo(slo)
     conc = parse_list(concurrency, int, "--concurrency")
     rates = parse_list(rate, float, "--rate") if rate else []
-    budgets: list[int | None] = list(ctx_size) if ctx_size else [None]
+    budgets: list[int | None] = list(ctx_size or [])
+    if ctx_from_run:
+        with open_store(store) as st:
+            for run_id in ctx_from_run:
+                tokens = kv_budget_of(st.get(run_id).record)
+                if tokens is None:
+                    raise UsageError(f"--ctx-from-run {run_id}: its engine reported no KV cache size in tokens")
+                budgets.append(tokens)
+    budgets = budgets or [None]
     if parallel != "fit" and not parallel.isdigit():
         raise UsageError(f"--parallel must be a number or 'fit', got {parallel!r}")
     if saturate and slo_obj.empty:

@@ -168,3 +168,19 @@ def test_sweep_runs_come_back_from_the_store_for_the_report(
     # the SLO is not stored with the runs: no goodput curve or knee
     assert "goodput (requests/s" not in html and "goodput_per_s: from" not in html
     assert "engine_waiting_peak: from concurrency 8" in html
+
+
+def test_ctx_from_run_sweeps_a_stored_runs_kv_budget(
+    fake: FakeRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    with open_store(db) as st:
+        for run_id, tokens in (("native1", 3072), ("docker1", 1024), ("none1", None)):
+            st.add_run({"run_id": run_id, "created_at": "2026-11-27T00:00:00", "status": "ok", "environment": "x",
+                        "engine": "llama.cpp", "engine_report": {"kv_cache_tokens": tokens}})  # fmt: skip
+    args = ["sweep", "--concurrency", "8", "--prompt-tokens", "96", "--output-tokens", "32", "--store", str(db), "--json"]
+    assert main([*args, "--ctx-from-run", "native1", "--ctx-from-run", "docker1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(p["ctx_size"], p["parallel"]) for p in out["points"]] == [(3072, 24), (1024, 8)]
+    assert main([*args, "--ctx-from-run", "none1"]) == 2
+    assert "reported no KV cache size" in capsys.readouterr().err
