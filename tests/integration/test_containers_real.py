@@ -262,7 +262,8 @@ def _engine_started(env_name: str, memgap_pid: int, services: dict[str, str]) ->
         children = psutil.Process(memgap_pid).children(recursive=True)
     except psutil.Error:
         return False
-    return any(c.name() == "llama-server" for c in children)
+    # the engine itself, not `llama-server --help` that memgap runs while building the command
+    return any(c.name() == "llama-server" and "--port" in c.cmdline() for c in children)
 
 
 def _owner_pid(tool: str, cid: str, env: dict[str, str]) -> int | None:
