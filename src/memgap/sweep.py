@@ -248,16 +248,21 @@ def parting_point(
     a: Sequence[tuple[float, float | None]], b: Sequence[tuple[float, float | None]], rel_tol: float = 0.2
 ) -> float | None:
     """The smallest load from which the two curves stay more than ``rel_tol`` apart
-    (relative to the larger value) at every load both measured; None if they never part.
-    Requiring them to stay apart keeps one noisy point from being called the knee."""
+    (relative to the larger value), the same one ahead, at every load both measured; None
+    if they never part. Requiring them to stay apart on the same side keeps one noisy
+    point from being called the knee."""
     bmap = dict(b)
     common = [(x, y, bmap[x]) for x, y in a if x in bmap]
-    verdicts = [(x, _apart(ya, yb, rel_tol)) for x, ya, yb in common]
-    verdicts = [(x, v) for x, v in verdicts if v is not None]
     knee = None
-    for x, apart in reversed(verdicts):
-        if not apart:
+    side = None
+    for x, ya, yb in reversed(common):
+        apart = _apart(ya, yb, rel_tol)
+        if apart is None:
+            continue
+        here = None if ya is None or yb is None else ya > yb
+        if not apart or (side is not None and here is not None and here != side):
             break
+        side = here if here is not None else side
         knee = x
     return knee
 

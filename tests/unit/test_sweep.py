@@ -122,6 +122,9 @@ def test_parting_point_needs_curves_to_stay_apart() -> None:
     noisy = list(zip(xs, [10, 30, 41, 80, 120], strict=True))
     assert parting_point(small, noisy) == 8.0
     assert parting_point(small, small) is None
+    # apart at 4 but the other way round: the knee is where they part for good
+    flipped = list(zip(xs, [10, 20, 25, 80, 120], strict=True))
+    assert parting_point(small, flipped) == 8.0
     failed: list[tuple[float, float | None]] = [(1.0, 10.0), (2.0, 20.0), (4.0, None)]
     assert parting_point(failed, [(1.0, 10.0), (2.0, 20.0), (4.0, 39.0)]) == 4.0  # one side failed
     assert parting_point([(1.0, None)], [(1.0, None)]) is None
