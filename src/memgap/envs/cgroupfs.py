@@ -13,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from memgap.collect.cgroup import CgroupRef
 from memgap.errors import EnvironmentUnavailable, PrivilegeError
 
@@ -153,23 +155,13 @@ def sweep_stale(parent: CgroupRef) -> list[Path]:
         if not m or not d.is_dir():
             continue
         owner = int(m.group(1))
-        if owner != os.getpid() and _alive(owner):
+        if owner != os.getpid() and psutil.pid_exists(owner):
             continue
         ref = CgroupRef(version=parent.version, path=d, relpath=parent.relpath.rstrip("/") + "/" + d.name)
         with contextlib.suppress(EnvironmentUnavailable):
             remove(ref, timeout_s=5.0)
             removed.append(d)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def join_self(procs_file: Path) -> None:

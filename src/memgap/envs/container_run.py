@@ -19,9 +19,10 @@ from typing import Any
 
 from memgap.collect.cgroup import (
     CgroupRef,
-    parse_mountinfo_cgroups,
-    parse_proc_cgroup,
     read_cgroup_memory,
+)
+from memgap.collect.cgroup import (
+    memory_cgroup_of as collect_memory_cgroup_of,
 )
 from memgap.collect.process import ProcessKey, parse_stat, process_key
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine, wait_until
@@ -49,39 +50,11 @@ STATS_INTERVAL_S = 2.0  # `stats --no-stream` itself takes ~1.6 s (it waits for 
 
 
 def memory_cgroup_of(pid: int, proc_root: Path = Path("/proc")) -> CgroupRef | None:
-    """The memory cgroup of a process in another mount namespace, as a folder in *this*
-    namespace: the path from /proc/PID/cgroup (relative to memgap's cgroup namespace)
-    resolved through memgap's own cgroup mounts. (Resolving it through the container's
-    mountinfo, whose cgroup mount is rooted at the container's own cgroup, would name the
-    host's root cgroup.)"""
-    try:
-        lines = parse_proc_cgroup((proc_root / str(pid) / "cgroup").read_text())
-        mounts = parse_mountinfo_cgroups((proc_root / "self" / "mountinfo").read_text())
-    except (OSError, MemgapError, ValueError):
-        return None
-    v1 = next((ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None)
-    v2 = next((ln for ln in lines if ln.hierarchy_id == 0 and not ln.controllers), None)
-    candidates: list[tuple[CgroupRef, str]] = []
-    for m in mounts:
-        if m.version == 1 and v1 is not None and "memory" in m.controllers:
-            line, version = v1, 1
-        elif m.version == 2 and v2 is not None and (v1 is None or not any(
-                x.version == 1 and "memory" in x.controllers for x in mounts)):
-            line, version = v2, 2
-        else:
-            continue
-        root = m.root.rstrip("/")
-        if line.path != root and not line.path.startswith(root + "/"):
-            continue
-        rel = line.path[len(root):].lstrip("/")
-        ref = CgroupRef(version=version, path=m.mount_point / rel, relpath=line.path)  # type: ignore[arg-type]
-        candidates.append((ref, root))
-    # The deepest mount root that contains the cgroup (bind mounts of subtrees).
-    candidates.sort(key=lambda c: len(c[1]), reverse=True)
-    for ref, _ in candidates:
-        if ref.path.is_dir():
-            return ref
-    return None
+    """The container process's memory cgroup as a folder in *our* mount namespace
+    (``collect.cgroup.memory_cgroup_of`` resolves through our own mounts), or None when
+    the folder is gone (the container exited)."""
+    ref = collect_memory_cgroup_of(pid, proc_root)
+    return ref if ref is not None and ref.path.is_dir() else None
 
 
 # ------------------------------------------------------------------- ownership labels

@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from memgap.envs.container import ContainerCli
 from memgap.errors import EnvironmentUnavailable
 
@@ -137,22 +139,12 @@ def sweep_stale_dirs(tmp: Path | None = None) -> list[Path]:
     removed = []
     for d in (tmp or Path(tempfile.gettempdir())).glob(TEMP_PREFIX + "*"):
         owner = d.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if not owner.isdigit() or _alive(int(owner)):
+        if not owner.isdigit() or psutil.pid_exists(int(owner)):
             continue
         with contextlib.suppress(OSError, EnvironmentUnavailable):
             remove_tree(d)
             removed.append(d)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

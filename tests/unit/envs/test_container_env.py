@@ -247,6 +247,8 @@ def test_container_cgroup_on_a_v2_only_host(tmp_path: Path) -> None:
     scope = f"/system.slice/docker-{CID}.scope"
     (proc / "77" / "cgroup").write_text(f"0::{scope}\n")
     (tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope").mkdir(parents=True)
+    # a v2 root lists its controllers; memory must be among them
+    (tmp_path / "cg" / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
     ref = memory_cgroup_of(77, proc)
     assert ref is not None and ref.version == 2
     assert ref.path == tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope" and ref.relpath == scope
