@@ -380,7 +380,7 @@ class ContainerCli:
 
     def call(
         self, args: Sequence[str], *, action: str, timeout_s: float = 60.0, stdin: bytes | None = None, check: bool = True,
-        merge_stderr: bool = False,
+        merge_stderr: bool = False, cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         argv = [str(self.require()), *args]
         try:
@@ -393,6 +393,7 @@ class ContainerCli:
                 timeout=timeout_s,
                 env={**os.environ, **self.env},
                 stdin=None if stdin is not None else subprocess.DEVNULL,
+                cwd=cwd,
             )
         except subprocess.TimeoutExpired as e:
             raise EnvironmentUnavailable(f"{self.tool} {action}: no answer within {timeout_s:.0f} s") from e

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import threading
 import time
 from abc import abstractmethod
@@ -342,6 +343,10 @@ class ContainerEnvironment(Environment):
         self.sweep_stale()
         name = f"{NAME_PREFIX}{spec.run_id}"
         with contextlib.ExitStack() as stack:
+            # podman's conmon inherits the CLI's working folder and writes an `oom` marker
+            # file there when the kernel kills the container; give it a folder of the
+            # run's own, removed last (after the container).
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memgap-run-cli-")))
             src = self.prepare(spec, stack)
             mounts: list[Mount] = engine_mounts(spec.command.read_paths, host_usr=src.host_usr)
             command, publish = adapt_for_network(spec.command.argv, self.options.network)
@@ -359,7 +364,7 @@ class ContainerEnvironment(Environment):
             )
             # Registered before `run`, so Ctrl-C during it still removes the container.
             stack.callback(self._remove, name)
-            proc = self.cli.call(argv[1:], action="run", timeout_s=120, check=False)
+            proc = self.cli.call(argv[1:], action="run", timeout_s=120, check=False, cwd=workdir)
             if proc.returncode != 0:
                 err = proc.stderr.decode(errors="replace").strip()
                 spec.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,7 @@ class FakeCli(ContainerCli):
         self.calls: list[list[str]] = []
 
     def call(self, args: Sequence[str], *, action: str, timeout_s: float = 60.0, stdin: bytes | None = None,
-             check: bool = True, merge_stderr: bool = False) -> subprocess.CompletedProcess[bytes]:
+             check: bool = True, merge_stderr: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         self.calls.append(list(args))
         key = args[0]
         if key == "inspect":
