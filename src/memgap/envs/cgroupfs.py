@@ -43,6 +43,33 @@ def _permission_error(parent: CgroupRef, e: OSError) -> PrivilegeError:
     )
 
 
+def run_parent(own: CgroupRef) -> CgroupRef:
+    """Where a run's own memory cgroup goes, given the cgroup memgap itself is in.
+
+    v1: under our own. v2: under our own when that can hand the memory controller to
+    children -- the root cgroup, or one that already delegates it. Otherwise our own
+    cgroup holds processes (memgap itself), and cgroup v2's "no internal processes" rule
+    forbids enabling the controller below it; then the run goes beside us, under our
+    parent, which (having memory enabled for its children, us included) holds none. This
+    is where systemd puts a login session's scopes too."""
+    if own.version == 1 or own.relpath in ("", "/"):
+        return own
+    if "memory" in _words(own.path / "cgroup.subtree_control"):
+        return own
+    parent_rel = own.relpath.rstrip("/").rsplit("/", 1)[0] or "/"
+    parent = CgroupRef(version=2, path=own.path.parent, relpath=parent_rel)
+    if "memory" in _words(parent.path / "cgroup.subtree_control") and os.access(parent.path, os.W_OK):
+        return parent
+    return own  # create_child will say why nothing can be created here
+
+
+def _words(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
 def create_child(parent: CgroupRef, name: str, memory_limit_bytes: int | None = None) -> CgroupRef:
     """mkdir a child memory cgroup under ``parent``; set its limit. Raises typed errors."""
     if parent.version == 2:

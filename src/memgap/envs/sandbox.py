@@ -1,7 +1,9 @@
 """``sandbox``: the engine in a memory cgroup of its own and its own mount, PID, IPC and
 UTS namespaces -- what a container runtime does, without a daemon or an image.
 
-The cgroup is created under memgap's own memory cgroup before the engine starts, and the
+The cgroup is created under memgap's own memory cgroup (cgroup v2: beside it, when
+memgap's own cannot delegate the controller; see ``cgroupfs.run_parent``) before the
+engine starts, and the
 child joins it between fork and exec, before it allocates (cgroup v1 never moves charges
 made earlier). It is removed when the launch context exits, whatever happened."""
 
@@ -72,8 +74,9 @@ class SandboxEnvironment(Environment):
                 "sandbox: no memory cgroup controller is mounted (neither cgroup v1 `memory` "
                 "nor a cgroup v2 hierarchy with the memory controller)"
             )
+        parent = cgroupfs.run_parent(parent)
         if not os.access(parent.path, os.W_OK):
-            raise PrivilegeError(f"sandbox: memgap's own memory cgroup {parent.path} is not writable")
+            raise PrivilegeError(f"sandbox: memory cgroup {parent.path} (where runs go) is not writable")
         self._parent = parent
         self._unshare = unshare
 

@@ -133,3 +133,38 @@ def test_sweep_removes_only_stale(tmp_path: Path) -> None:
 def test_child_name_carries_owner() -> None:
     assert cgroupfs.child_name("abc123", owner_pid=42) == "memgap-42-abc123"
     assert cgroupfs._NAME_RE.match(cgroupfs.child_name("abc123"))
+
+
+def _v2_tree(tmp: Path, root_subtree: str, session_subtree: str) -> CgroupRef:
+    """/sys/fs/cgroup/user.slice/session-3.scope as a login shell sees it (v2 files as
+    the kernel writes them: a space-separated controller list and a newline)."""
+    (tmp / "user.slice" / "session-3.scope").mkdir(parents=True)
+    (tmp / "user.slice" / "cgroup.subtree_control").write_text(root_subtree + "\n")
+    (tmp / "user.slice" / "session-3.scope" / "cgroup.subtree_control").write_text(session_subtree + "\n")
+    (tmp / "user.slice" / "session-3.scope" / "cgroup.procs").write_text("812\n4411\n")
+    return CgroupRef(version=2, path=tmp / "user.slice" / "session-3.scope", relpath="/user.slice/session-3.scope")
+
+
+def test_run_parent_v2_goes_beside_a_cgroup_that_holds_processes(tmp_path: Path) -> None:
+    own = _v2_tree(tmp_path, "cpu io memory pids", "")
+    where = cgroupfs.run_parent(own)
+    assert where.path == tmp_path / "user.slice" and where.relpath == "/user.slice"
+    assert where.version == 2
+
+
+def test_run_parent_v2_stays_when_own_already_delegates_memory(tmp_path: Path) -> None:
+    own = _v2_tree(tmp_path, "cpu io memory pids", "memory pids")
+    assert cgroupfs.run_parent(own) == own
+
+
+def test_run_parent_v2_stays_when_parent_has_no_memory_for_children(tmp_path: Path) -> None:
+    # Nothing better exists; create_child then explains the no-internal-processes rule.
+    own = _v2_tree(tmp_path, "cpu pids", "")
+    assert cgroupfs.run_parent(own) == own
+
+
+def test_run_parent_root_and_v1_stay(tmp_path: Path) -> None:
+    root = CgroupRef(version=2, path=tmp_path, relpath="/")
+    assert cgroupfs.run_parent(root) == root
+    v1 = CgroupRef(version=1, path=tmp_path / "x", relpath="/x")
+    assert cgroupfs.run_parent(v1) == v1
