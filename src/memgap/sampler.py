@@ -8,6 +8,8 @@ between two samples is not missed."""
 
 from __future__ import annotations
 
+import array
+import importlib
 import math
 import threading
 import time
@@ -53,6 +55,8 @@ PROCESS_COLUMNS = (
 SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting",
                   "gpu_process_used_bytes")
 COLUMNS = ("t_s", *HOST_COLUMNS, *CGROUP_COLUMNS, *PROCESS_COLUMNS, *SPARSE_COLUMNS)
+# What a totals-only row of the native loop holds (see SamplerConfig.full_rate_hz).
+_FAST_COLUMNS = ("t_s", "cgroup_usage_bytes", "process_rss_bytes", "process_count")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,13 @@ class SamplerConfig:
     tree_refresh_s: float = 1.0
     metrics_interval_s: float = 1.0
     gpu_interval_s: float = 1.0
+    # The high-rate loop in memgap._fastsample's native thread (None: when it is built
+    # and the rate is above NATIVE_MIN_RATE_HZ; False: always the Python loop).
+    native: bool | None = None
+    # Native loop only: the breakdowns (/proc/meminfo, memory.stat, /proc/PID/status) are
+    # read at most this often; every tick reads the totals (the cgroup's usage, each
+    # process's resident memory from /proc/PID/statm). Marks always read everything.
+    full_rate_hz: float = 10.0
 
 
 @dataclass
@@ -182,6 +193,97 @@ def _v2_kernel(stat: Mapping[str, int]) -> int | None:
 
 _SHORT_WAIT_S = 0.05
 
+# With the native loop, a Python thread still drains its rows, refreshes the process
+# tree and reads the sparse columns, at this period (or the sample period if longer).
+_HOUSEKEEPING_S = 0.5
+# Below this rate a Python thread costs next to nothing; the native loop buys nothing.
+NATIVE_MIN_RATE_HZ = 4.0
+
+
+def native_module() -> Any | None:
+    """memgap._fastsample, or None where it was not built (no C compiler at install)."""
+    try:
+        return importlib.import_module("memgap._fastsample")
+    except ImportError:
+        return None
+
+
+def _fd(reader: FileReader | None) -> int:
+    fd = reader.fileno() if reader is not None else None
+    return -1 if fd is None else fd
+
+
+class _NativeLoop:
+    """memgap._fastsample.FastSampler set up with the high-rate path's files and keys,
+    and the decoding of its rows into the columns' values."""
+
+    def __init__(self, mod: Any, rate_hz: float, full_rate_hz: float, proc_root: Path,
+                 cgroup: CgroupRef | None) -> None:
+        self.mod = mod
+        # (path, layout, keys, reopen, read on every tick)
+        sources: list[tuple[str, int, tuple[str, ...], bool, bool]] = [
+            (str(proc_root / "meminfo"), mod.KB, _MEMINFO_KEYS, True, False)]
+        self.cg_first: tuple[str, ...] = ()
+        self.cg_fallback: tuple[str, ...] = ()
+        if cgroup is not None:
+            usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
+            self.cg_first, self.cg_fallback = _CG_STAT_KEYS[cgroup.version]
+            sources.append((str(cgroup.path / usage), mod.SINGLE, (), True, True))
+            sources.append((str(cgroup.path / "memory.stat"), mod.KV, self.cg_first + self.cg_fallback, True, False))
+            if cgroup.version == 1:
+                sources.append((str(cgroup.path / "memory.kmem.usage_in_bytes"), mod.SINGLE, (), True, False))
+        self.has_cgroup = cgroup is not None
+        self.has_kmem = cgroup is not None and cgroup.version == 1
+        full_every = max(1, round(rate_hz / full_rate_hz)) if full_rate_hz > 0 else 1
+        self.fs = mod.FastSampler(rate_hz, sources, mod.KB, _STATUS_KEYS,
+                                  tuple(mod.MAX if k == "VmHWM:" else mod.SUM for k in _STATUS_KEYS),
+                                  full_every=full_every)
+        self.row_len: int = self.fs.row_len
+        self.missing: int = mod.MISSING
+        # Where a totals-only row keeps its values.
+        self.i_usage: int | None = 2 + len(_MEMINFO_KEYS) if cgroup is not None else None
+        self.i_count: int = self.row_len - 2
+        self.i_resident: int = self.row_len - 1
+
+    def drain(self, sample_now: bool) -> array.array[int]:
+        """The rows since the last drain, flat, ``row_len`` values each (``self.missing``
+        where a tick did not read it)."""
+        raw = array.array("q")
+        raw.frombytes(self.fs.drain(sample_now=sample_now))
+        return raw
+
+    def split(self, r_raw: list[int]) -> tuple[int, bool, dict[str, int], int | None, dict[str, int],
+                                                 int | None, dict[str, int], int, int | None]:
+        """(t_ns, full tick, meminfo by key, cgroup usage, memory.stat by key, v1 kmem,
+        status sums by key, group files read, statm resident bytes) -- keys as ``_lookup``
+        names them, absent where missing or not read at that tick."""
+        r: list[int | None] = [None if v == self.missing else v for v in r_raw]
+        def named(keys: tuple[str, ...], vals: list[int | None]) -> dict[str, int]:
+            return {k.rstrip(": "): v for k, v in zip(keys, vals, strict=True) if v is not None}
+
+        i = 2
+        host = named(_MEMINFO_KEYS, r[i:i + len(_MEMINFO_KEYS)])
+        i += len(_MEMINFO_KEYS)
+        usage: int | None = None
+        stat: dict[str, int] = {}
+        kmem: int | None = None
+        if self.has_cgroup:
+            usage = r[i]
+            i += 1
+            first = named(self.cg_first, r[i:i + len(self.cg_first)])
+            i += len(self.cg_first)
+            fallback = named(self.cg_fallback, r[i:i + len(self.cg_fallback)])
+            i += len(self.cg_fallback)
+            stat = first if len(first) >= len(self.cg_first) - 1 else {**first, **fallback}
+            if self.has_kmem:
+                kmem = r[i]
+                i += 1
+        status = named(_STATUS_KEYS, r[i:i + len(_STATUS_KEYS)])
+        i += len(_STATUS_KEYS)
+        t_ns = r[0]
+        assert t_ns is not None
+        return t_ns, bool(r[1]), host, usage, stat, kmem, status, r[i] or 0, r[i + 1]
+
 
 GpuProcessReader = Callable[[], "Mapping[int, int | None] | str"]
 
@@ -240,6 +342,7 @@ class Sampler:
         self._metrics_at = -1e9
         self._hwm: dict[ProcessKey, int] = {}
         self._status: dict[ProcessKey, FileReader] = {}
+        self._statm: dict[ProcessKey, FileReader] = {}  # native loop only
         self._meminfo = FileReader(proc_root / "meminfo")
         self._cg_usage: FileReader | None = None
         self._cg_stat: FileReader | None = None
@@ -250,13 +353,31 @@ class Sampler:
             self._cg_stat = FileReader(cgroup.path / "memory.stat")
             if cgroup.version == 1:
                 self._cg_kmem = FileReader(cgroup.path / "memory.kmem.usage_in_bytes")
+        self._hwm_max: int | None = None
+        self._native: _NativeLoop | None = None
+        want = self.config.native
+        mod = native_module() if want is not False else None
+        if want and mod is None:
+            raise ValueError("the native sampler (memgap._fastsample) is not built here")
+        if mod is not None and (want or self.config.rate_hz > NATIVE_MIN_RATE_HZ):
+            self._native = _NativeLoop(mod, self.config.rate_hz, self.config.full_rate_hz, proc_root, cgroup)
+
+    @property
+    def native(self) -> bool:
+        """Whether the high-rate loop runs in memgap._fastsample's native thread."""
+        return self._native is not None
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         self._t0 = time.monotonic()
         self.sample()
-        self._thread = threading.Thread(target=self._loop, name="memgap-sampler", daemon=True)
+        if self._native is not None:
+            self._native.fs.start()
+            target = self._housekeeping
+        else:
+            target = self._loop
+        self._thread = threading.Thread(target=target, name="memgap-sampler", daemon=True)
         self._thread.start()
 
     def now(self) -> float:
@@ -285,13 +406,27 @@ class Sampler:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         with self._lock:
-            for r in (self._meminfo, self._cg_usage, self._cg_stat, self._cg_kmem, *self._status.values()):
+            if self._native is not None:
+                self._native.fs.stop()
+                self._sample_native(sample_now=False, final=True)  # the rows taken since the last drain
+                self._native.fs.close()
+            for r in (self._meminfo, self._cg_usage, self._cg_stat, self._cg_kmem, *self._status.values(),
+                      *self._statm.values()):
                 if r is not None:
                     r.close()
             self._status.clear()
-        if self._hwm:
-            self.series.kernel_process_hwm_bytes = max(self._hwm.values())
+            self._statm.clear()
+        hwm = [*self._hwm.values(), *([] if self._hwm_max is None else [self._hwm_max])]
+        if hwm:
+            self.series.kernel_process_hwm_bytes = max(hwm)
         return self.series
+
+    def _housekeeping(self) -> None:
+        """With the native loop: drain its rows, refresh the tree, read the sparse columns."""
+        period = max(1.0 / self.config.rate_hz, _HOUSEKEEPING_S)
+        while not self._stop.wait(period):
+            with self._lock:
+                self._sample_native(sample_now=False)
 
     def _loop(self) -> None:
         period = 1.0 / self.config.rate_hz
@@ -318,6 +453,8 @@ class Sampler:
 
     def sample(self) -> float:
         with self._lock:
+            if self._native is not None:
+                return self._sample_native(sample_now=True)
             t = self.now()
             row: dict[str, Any] = {c: None for c in COLUMNS}
             row["t_s"] = round(t, 6)
@@ -326,8 +463,7 @@ class Sampler:
             self._sample_processes(row, t)
             self._sample_metrics(row, t)
             self._sample_gpu(row, t)
-            for c in COLUMNS:
-                self.series.columns[c].append(row[c])
+            self._append(row)
             return t
 
     def _note(self, msg: str) -> None:
@@ -339,15 +475,7 @@ class Sampler:
         if text is None:
             self._note("host: /proc/meminfo unreadable")
             return
-        kb = _lookup(text, _MEMINFO_KEYS, kb=True)
-        if "MemTotal" in kb and "MemFree" in kb:
-            total, avail = kb["MemTotal"], kb.get("MemAvailable")
-            self.series.host_total_bytes = total
-            row["host_free_bytes"] = kb["MemFree"]
-            row["host_available_bytes"] = avail
-            row["host_cached_bytes"] = kb.get("Cached")
-            row["host_shmem_bytes"] = kb.get("Shmem")
-            row["host_used_bytes"] = None if avail is None else total - avail
+        if self._fill_host(row, _lookup(text, _MEMINFO_KEYS, kb=True)):
             return
         try:
             mi = parse_meminfo(text)
@@ -360,6 +488,18 @@ class Sampler:
         row["host_cached_bytes"] = mi.cached_bytes
         row["host_shmem_bytes"] = mi.shmem_bytes
         row["host_used_bytes"] = mi.used_bytes
+
+    def _fill_host(self, row: dict[str, Any], kb: Mapping[str, int]) -> bool:
+        if "MemTotal" not in kb or "MemFree" not in kb:
+            return False
+        total, avail = kb["MemTotal"], kb.get("MemAvailable")
+        self.series.host_total_bytes = total
+        row["host_free_bytes"] = kb["MemFree"]
+        row["host_available_bytes"] = avail
+        row["host_cached_bytes"] = kb.get("Cached")
+        row["host_shmem_bytes"] = kb.get("Shmem")
+        row["host_used_bytes"] = None if avail is None else total - avail
+        return True
 
     def _sample_cgroup(self, row: dict[str, Any]) -> None:
         if self.cgroup is None or self._cg_usage is None or self._cg_stat is None:
@@ -380,6 +520,15 @@ class Sampler:
             except Exception as e:  # noqa: BLE001
                 self._note(f"cgroup: {e}")
                 return
+        kmem: int | None = None
+        if self.cgroup.version == 1 and self._cg_kmem is not None:
+            kmem_text = self._cg_kmem.read_text()
+            if kmem_text is not None and kmem_text.strip().isdigit():
+                kmem = int(kmem_text)
+        self._fill_cgroup_stat(row, stat, kmem)
+
+    def _fill_cgroup_stat(self, row: dict[str, Any], stat: Mapping[str, int], kmem: int | None) -> None:
+        assert self.cgroup is not None
         v = self.cgroup.version
         # v1: total_* are hierarchical (include children); the run's cgroup has none, but
         # prefer them so a nested layout (docker --cgroup-parent) reads the same.
@@ -387,18 +536,19 @@ class Sampler:
         row["cgroup_file_bytes"] = _stat_get(stat, v, "file", ("total_cache", "cache"))
         row["cgroup_shmem_bytes"] = _stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
         row["cgroup_file_mapped_bytes"] = _stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
-        if v == 2:
-            row["cgroup_kmem_bytes"] = _v2_kernel(stat)
-        elif self._cg_kmem is not None:
-            kmem = self._cg_kmem.read_text()
-            if kmem is not None and kmem.strip().isdigit():
-                row["cgroup_kmem_bytes"] = int(kmem)
+        row["cgroup_kmem_bytes"] = _v2_kernel(stat) if v == 2 else kmem
 
-    def _sample_processes(self, row: dict[str, Any], t: float) -> None:
+    def _refresh_tree(self, t: float) -> None:
         if t - self._tree_at >= self.config.tree_refresh_s:  # also when empty: a gone tree is not re-walked every tick
             self._tree = process_tree(self.pid, self.proc_root)
             self._tree_at = t
             self._sync_status_readers()
+            if self._native is not None:
+                self._native.fs.set_group([
+                    (_fd(self._status.get(k)), _fd(self._statm.get(k))) for k in self._tree])
+
+    def _sample_processes(self, row: dict[str, Any], t: float) -> None:
+        self._refresh_tree(t)
         totals = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0, "RssShmem": 0}
         seen = 0
         for key in self._tree:
@@ -422,16 +572,103 @@ class Sampler:
             row["process_file_bytes"] = totals["file"]
             row["process_shmem_bytes"] = totals["shmem"]
         row["process_count"] = seen
-        if seen and t - self._smaps_at >= self.config.smaps_interval_s:
-            self._smaps_at = t
-            pss = 0
-            any_read = False
-            for key in self._tree:
-                sm = read_smaps_rollup(key, self.proc_root)
-                if sm is not None and sm.pss_bytes is not None:
-                    pss += sm.pss_bytes
-                    any_read = True
-            row["process_pss_bytes"] = pss if any_read else None
+        if seen:
+            self._sample_smaps(row, t)
+
+    def _sample_smaps(self, row: dict[str, Any], t: float) -> None:
+        if t - self._smaps_at < self.config.smaps_interval_s:
+            return
+        self._smaps_at = t
+        pss = 0
+        any_read = False
+        for key in self._tree:
+            sm = read_smaps_rollup(key, self.proc_root)
+            if sm is not None and sm.pss_bytes is not None:
+                pss += sm.pss_bytes
+                any_read = True
+        row["process_pss_bytes"] = pss if any_read else None
+
+    def _sample_native(self, sample_now: bool, *, final: bool = False) -> float:
+        """Append the native loop's rows since the last drain (and one taken now when
+        asked, or when none was taken and a sparse reading is due); the sparse columns go
+        on the newest. Call with the lock held. Returns the newest row's time."""
+        native = self._native
+        assert native is not None
+        t = self.now()
+        self._refresh_tree(t)
+        due = (t - self._smaps_at >= self.config.smaps_interval_s
+               or (self.metrics_fetch is not None and t - self._metrics_at >= self.config.metrics_interval_s)
+               or (self._gpu_read is not None and t - self._gpu_at >= self.config.gpu_interval_s))
+        raw = native.drain(sample_now)
+        if not raw and due and not final:
+            raw = native.drain(True)
+        if not raw:
+            return t
+        cols = self.series.columns
+        # Totals-only rows (most of them at high rates) go straight into the columns: no
+        # per-row dict, no parsing -- this loop is the Python side's whole per-sample cost.
+        fast_none = [cols[c] for c in COLUMNS if c not in _FAST_COLUMNS]
+        t_col, usage_col, rss_col, count_col = (cols[c] for c in _FAST_COLUMNS)
+        iu, ic, ir, missing, t0 = native.i_usage, native.i_count, native.i_resident, native.missing, self._t0
+        n = native.row_len
+        nrows = len(raw) // n
+        full = raw[1::n].tolist()
+        i = 0
+        while i < nrows:
+            if full[i]:
+                self._append(self._native_full_row(raw[i * n:(i + 1) * n].tolist()))
+                i += 1
+                continue
+            j = i
+            while j < nrows and not full[j]:
+                j += 1
+            seg = raw[i * n:j * n]  # a run of totals-only rows, column by column
+            t_col.extend(round(v / 1e9 - t0, 6) for v in seg[0::n])
+            usage_col.extend([None] * (j - i) if iu is None else
+                             [None if v == missing else v for v in seg[iu::n]])
+            counts = seg[ic::n].tolist()
+            count_col.extend(counts)
+            rss_col.extend(v if c and v != missing else None for v, c in zip(seg[ir::n], counts, strict=True))
+            nones = [None] * (j - i)
+            for col in fast_none:
+                col.extend(nones)
+            i = j
+        # The sparse readings go on the newest row.
+        t_last = float(t_col[-1])
+        sparse: dict[str, Any] = dict.fromkeys(SPARSE_COLUMNS)
+        if count_col[-1]:
+            self._sample_smaps(sparse, t_last)
+        self._sample_metrics(sparse, t_last)
+        self._sample_gpu(sparse, t_last)
+        for c, v in sparse.items():
+            if v is not None:
+                cols[c][-1] = v
+        return t_last
+
+    def _native_full_row(self, r: list[int]) -> dict[str, Any]:
+        assert self._native is not None
+        t_ns, _full, host, usage, stat, kmem, status, seen, _resident = self._native.split(r)
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row["t_s"] = round(t_ns / 1e9 - self._t0, 6)
+        row["process_count"] = seen
+        if not self._fill_host(row, host):
+            self._note("host: /proc/meminfo unreadable or without MemTotal/MemFree")
+        if self.cgroup is not None:
+            row["cgroup_usage_bytes"] = usage
+            if stat or kmem is not None:
+                self._fill_cgroup_stat(row, stat, kmem)
+        if seen:
+            row["process_rss_bytes"] = status.get("VmRSS", 0)
+            row["process_anon_bytes"] = status.get("RssAnon", 0)
+            row["process_file_bytes"] = status.get("RssFile", 0)
+            row["process_shmem_bytes"] = status.get("RssShmem", 0)
+            if "VmHWM" in status:
+                self._hwm_max = max(self._hwm_max or 0, status["VmHWM"])
+        return row
+
+    def _append(self, row: Mapping[str, Any]) -> None:
+        for c in COLUMNS:
+            self.series.columns[c].append(row[c])
 
     def _sync_status_readers(self) -> None:
         """Keep /proc/PID/status open for each process of the tree. The descriptor is bound
@@ -439,16 +676,18 @@ class Sampler:
         ``reopen=False`` keeps a reused PID from being read as the same process. The start
         time is checked after opening, so a PID reused before the open is refused too."""
         keep = set(self._tree)
-        for key in [k for k in self._status if k not in keep]:
-            self._status.pop(key).close()
-        for key in self._tree:
-            if key in self._status:
-                continue
-            reader = FileReader(self.proc_root / str(key.pid) / "status", reopen=False)
-            if reader.read_text() is None or process_key(key.pid, self.proc_root) != key:
-                reader.close()
-                continue
-            self._status[key] = reader
+        files = [(self._status, "status")] + ([(self._statm, "statm")] if self._native is not None else [])
+        for readers, name in files:
+            for key in [k for k in readers if k not in keep]:
+                readers.pop(key).close()
+            for key in self._tree:
+                if key in readers:
+                    continue
+                reader = FileReader(self.proc_root / str(key.pid) / name, reopen=False)
+                if reader.read_text() is None or process_key(key.pid, self.proc_root) != key:
+                    reader.close()
+                    continue
+                readers[key] = reader
 
     def _sample_gpu(self, row: dict[str, Any], t: float) -> None:
         if self._gpu_read is None or t - self._gpu_at < self.config.gpu_interval_s:

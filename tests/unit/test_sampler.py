@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 
 from memgap.collect.cgroup import CgroupRef
-from memgap.sampler import Sampler, SamplerConfig
+from memgap.sampler import Sampler, SamplerConfig, native_module
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT_PID = 14847  # the pid in fixtures/proc/v1host/stat
 CHILD_PID = 14900
+
+
+@pytest.fixture(params=[False, True], ids=["python-loop", "native-loop"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Every test runs on both high-rate loops: the Python thread and memgap._fastsample's."""
+    if request.param and native_module() is None:
+        pytest.skip("memgap._fastsample is not built here")
+    return bool(request.param)
 
 
 def make_proc(tmp: Path) -> Path:
@@ -48,14 +56,14 @@ def set_meminfo(proc: Path, key: str, kb: int) -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_samples_every_layer(tmp_path: Path, version: int) -> None:
+def test_samples_every_layer(tmp_path: Path, version: int, native: bool) -> None:
     proc = make_proc(tmp_path)
     cg_dir = tmp_path / "cg"
     shutil.copytree(FIX / f"cgroup/v{version}", cg_dir)
     cg = CgroupRef(version=version, path=cg_dir, relpath="/run")  # type: ignore[arg-type]
     usage_file = cg_dir / ("memory.usage_in_bytes" if version == 1 else "memory.current")
 
-    s = Sampler(ROOT_PID, cg, SamplerConfig(rate_hz=10, smaps_interval_s=1000), proc_root=proc)
+    s = Sampler(ROOT_PID, cg, SamplerConfig(rate_hz=10, smaps_interval_s=1000, native=native), proc_root=proc)
     s._t0 = time.monotonic()
     s.sample()
     usage_file.write_text("999999999\n")
@@ -82,9 +90,9 @@ def test_samples_every_layer(tmp_path: Path, version: int) -> None:
     assert cols["process_pss_bytes"][0] is not None and cols["process_pss_bytes"][1] is None
 
 
-def test_vanished_process_and_cgroup_are_none_not_zero(tmp_path: Path) -> None:
+def test_vanished_process_and_cgroup_are_none_not_zero(tmp_path: Path, native: bool) -> None:
     proc = make_proc(tmp_path)
-    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=10), proc_root=proc)
+    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=10, native=native), proc_root=proc)
     s._t0 = time.monotonic()
     shutil.rmtree(proc / str(ROOT_PID))
     shutil.rmtree(proc / str(CHILD_PID))
@@ -96,7 +104,7 @@ def test_vanished_process_and_cgroup_are_none_not_zero(tmp_path: Path) -> None:
     assert series.columns["host_used_bytes"][0] is not None
 
 
-def test_kernel_peak_read_before_cgroup_removal(tmp_path: Path) -> None:
+def test_kernel_peak_read_before_cgroup_removal(tmp_path: Path, native: bool) -> None:
     proc = make_proc(tmp_path)
     cg_dir = tmp_path / "cg"
     shutil.copytree(FIX / "cgroup/v2", cg_dir)
@@ -108,9 +116,9 @@ def test_kernel_peak_read_before_cgroup_removal(tmp_path: Path) -> None:
     assert s.series.kernel_cgroup_peak_bytes is None
 
 
-def test_thread_samples_at_about_the_rate_and_marks(tmp_path: Path) -> None:
+def test_thread_samples_at_about_the_rate_and_marks(tmp_path: Path, native: bool) -> None:
     proc = make_proc(tmp_path)
-    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=50), proc_root=proc)
+    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=50, native=native), proc_root=proc)
     s.start()
     time.sleep(0.5)
     t_ready = s.mark("ready")

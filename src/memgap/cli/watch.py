@@ -244,6 +244,9 @@ def watch_command(
     runtime: Annotated[str | None, typer.Option(help="docker or podman (default: whichever knows the container).")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
     rate: Annotated[float, typer.Option("--rate", help="Samples per second.")] = 10.0,
+    full_rate: Annotated[float, typer.Option(
+        "--full-rate", help="Breakdown reads per second (meminfo, memory.stat, status: anon/file/shmem); "
+        "above it, the samples between carry the totals alone (cgroup usage, RSS).")] = 10.0,
     smaps_interval: Annotated[float, typer.Option(help="Seconds between smaps_rollup reads (PSS; costly for big processes).")] = 5.0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the series here: .csv or .jsonl.")] = None,
 ) -> None:
@@ -254,10 +257,13 @@ def watch_command(
         raise UsageError(f"--duration must be positive, got {duration}")
     if not (0 < rate <= 1000):
         raise UsageError(f"--rate must be in (0, 1000] Hz, got {rate}")
+    if not (0 < full_rate <= 1000):
+        raise UsageError(f"--full-rate must be in (0, 1000] Hz, got {full_rate}")
     target = resolve_target(pid, cgroup, container, runtime)
     writer = SeriesWriter(output) if output is not None else None
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    sampler = Sampler(target.pid, target.cgroup, SamplerConfig(rate_hz=rate, smaps_interval_s=smaps_interval))
+    sampler = Sampler(target.pid, target.cgroup, SamplerConfig(rate_hz=rate, smaps_interval_s=smaps_interval,
+                                                                    full_rate_hz=full_rate))
     ended = "duration reached"
     sampler.start()
     sampler.mark("start")

@@ -92,6 +92,15 @@ class FileReader:
                     return None
         return None
 
+    def fileno(self) -> int | None:
+        """The open descriptor (opening it first if it never was), or None when the file
+        cannot be opened or its descriptor died (``reopen=False``)."""
+        if self._closed:
+            return None
+        if self._fd is None:
+            self._open()
+        return self._fd
+
     def close(self) -> None:
         self._drop_fd()
         self._closed = True

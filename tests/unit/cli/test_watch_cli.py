@@ -40,12 +40,23 @@ def test_watch_pid_writes_csv(sleeper: subprocess.Popen[bytes], tmp_path: Path,
     assert main(["watch", "--pid", str(sleeper.pid), "--duration", "0.6", "--rate", "20", "-o", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) >= 8  # 20 Hz for 0.6 s, plus the start and end marks
-    anon = [int(r["process_anon_bytes"]) for r in rows]
-    assert all(32 * MIB <= a < 64 * MIB for a in anon)
+    # RSS on every row; the breakdown at 10 Hz (--full-rate) when the native loop runs
+    assert all(32 * MIB <= int(r["process_rss_bytes"]) < 96 * MIB for r in rows)
+    anon = [int(r["process_anon_bytes"]) for r in rows if r["process_anon_bytes"]]
+    assert len(anon) >= 4 and all(32 * MIB <= a < 64 * MIB for a in anon)
     assert all(r["process_count"] == "1" for r in rows)
     assert float(rows[-1]["t_s"]) >= 0.5
     captured = capsys.readouterr()
     assert "wrote" in captured.err and "processes RssAnon" in captured.out
+
+
+def test_watch_full_rate_reads_the_breakdown_on_every_row(sleeper: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    out = tmp_path / "w.jsonl"
+    assert main(["watch", "--pid", str(sleeper.pid), "--duration", "0.5", "--rate", "20", "--full-rate", "20",
+                 "-o", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) >= 6 and all(r["process_anon_bytes"] is not None for r in rows)
+    assert main(["watch", "--pid", str(sleeper.pid), "--full-rate", "0", "-o", str(out)]) == 2
 
 
 def test_watch_pid_stops_when_the_process_exits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
