@@ -4,7 +4,16 @@ High-rate readings are the O(1) counters (/proc/meminfo, the cgroup's usage and
 memory.stat, /proc/PID/status of each process in the engine's tree).
 ``smaps_rollup`` walks page tables -- its cost grows with resident memory -- so it is read
 at a low rate. The kernel's own watermarks (cgroup peak, VmHWM) are kept too, so a spike
-between two samples is not missed."""
+between two samples is not missed.
+
+Where memgap._fastsample was built (scripts/setup.sh), the high-rate loop runs in its
+native thread: every tick reads the totals (the cgroup's usage, each process's resident
+memory from /proc/PID/statm), and at most ``full_rate_hz`` (10 Hz) ticks -- plus every
+mark -- also read the breakdown (meminfo, memory.stat, status); the other columns of the
+ticks between are None. A Python thread drains its rows twice a second and reads the
+sparse columns (PSS, engine metrics, NVML). At 100 Hz this costs under 1% of a core where
+a Python loop costs 3% (benchmarks/sampler_cost.py). Without the module, or with
+``SamplerConfig(native=False)``, a Python thread reads everything at every tick."""
 
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ from memgap.collect.cgroup import CgroupRef, parse_memory_stat
 from memgap.collect.engine_metrics import engine_metrics
 from memgap.collect.fastread import FileReader
 from memgap.collect.meminfo import parse_meminfo
+from memgap.collect.nvml import NvmlProcessMemory
 from memgap.collect.process import ProcessKey, process_key, process_tree, read_smaps_rollup
 
 # Column names of the series. Sparse columns (smaps, engine metrics) hold None where
@@ -294,18 +304,12 @@ def nvidia_driver_present(root: Path = Path("/")) -> bool:
 
 def nvml_process_memory() -> Mapping[int, int | None] | str:
     """pid -> GPU memory used, over every GPU (None where NVML cannot say), or why NVML
-    cannot be read."""
-    from memgap.collect.nvml import NvmlUnavailable, read_gpus
-
-    gpus = read_gpus()
-    if isinstance(gpus, NvmlUnavailable):
-        return gpus.reason
-    out: dict[int, int | None] = {}
-    for g in gpus:
-        for pid, used in g.process_used_bytes.items():
-            prev = out.get(pid, 0)
-            out[pid] = None if used is None or prev is None else prev + used
-    return out
+    cannot be read. One reading; the sampler keeps a ``NvmlProcessMemory`` instead."""
+    reader = NvmlProcessMemory()
+    try:
+        return reader()
+    finally:
+        reader.close()
 
 
 class Sampler:
@@ -328,8 +332,13 @@ class Sampler:
         self.metrics_fetch = metrics_fetch
         # NVML is tried only where an NVIDIA driver is loaded: importing and initialising
         # it elsewhere costs a failed dlopen per tick for nothing.
-        self._gpu_read = (nvml_process_memory if nvidia_driver_present() else None) if gpu_read == "auto" \
-            else gpu_read
+        self._gpu_read: GpuProcessReader | None = None
+        self._nvml_reader: NvmlProcessMemory | None = None
+        if gpu_read == "auto":
+            if nvidia_driver_present():
+                self._gpu_read = self._nvml_reader = NvmlProcessMemory()  # NVML initialised once per run
+        else:
+            self._gpu_read = gpu_read
         self._gpu_at = -1e9
         self.series = MemorySeries(rate_hz=self.config.rate_hz)
         self._lock = threading.Lock()
@@ -384,7 +393,10 @@ class Sampler:
         return time.monotonic() - self._t0
 
     def mark(self, name: str) -> float:
-        """Record an event (ready, load_start, end...) and take a sample right then."""
+        """Record an event (ready, load_start, end...) and take a sample right then, with
+        the process tree walked afresh (an engine forked after the last walk is counted)."""
+        with self._lock:
+            self._tree_at = -1e9
         t = self.sample()
         with self._lock:
             self.series.marks[name] = t
@@ -416,6 +428,8 @@ class Sampler:
                     r.close()
             self._status.clear()
             self._statm.clear()
+            if self._nvml_reader is not None:
+                self._nvml_reader.close()
         hwm = [*self._hwm.values(), *([] if self._hwm_max is None else [self._hwm_max])]
         if hwm:
             self.series.kernel_process_hwm_bytes = max(hwm)

@@ -135,3 +135,18 @@ def test_thread_samples_at_about_the_rate_and_marks(tmp_path: Path, native: bool
 def test_rate_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Sampler(1, None, SamplerConfig(rate_hz=0), proc_root=tmp_path)
+
+
+def test_a_mark_walks_the_tree_afresh(tmp_path: Path, native: bool) -> None:
+    """An engine forked after the last walk (unshare's child, say) counts from the next mark."""
+    proc = make_proc(tmp_path)
+    children = proc / str(ROOT_PID) / "task" / str(ROOT_PID) / "children"
+    children.write_text("")  # the child is not forked yet
+    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=10, tree_refresh_s=1000, native=native), proc_root=proc)
+    s._t0 = time.monotonic()
+    s.sample()
+    children.write_text(f"{CHILD_PID} ")
+    s.sample()  # within tree_refresh_s: the old tree
+    s.mark("ready")
+    series = s.stop()
+    assert series.columns["process_count"] == [1, 1, 2]

@@ -133,3 +133,28 @@ def test_nvml_process_memory_through_the_pynvml_double(monkeypatch: object) -> N
     monkeypatch.setattr(nvml_mod, "_load_pynvml", lambda: broken)  # type: ignore[attr-defined]
     assert nvml_process_memory() == "NVIDIA driver not loaded"
     assert isinstance(nvidia_driver_present(), bool)
+
+
+def test_nvml_is_initialised_once_for_many_readings(monkeypatch: object) -> None:
+    import importlib.util
+    import sys
+
+    from memgap.collect.nvml import NvmlProcessMemory
+
+    spec = importlib.util.spec_from_file_location(
+        "pynvml_double_for_reader", Path(__file__).resolve().parent / "collect" / "pynvml_double.py")
+    assert spec is not None and spec.loader is not None
+    dbl = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, dbl)  # type: ignore[attr-defined]
+    spec.loader.exec_module(dbl)
+    dev = dbl.FakeDevice(compute=[(11, 300 << 20)], graphics=[(11, 300 << 20), (13, 1 << 20)])
+    fake = dbl.PynvmlDouble([dev])
+    reader = NvmlProcessMemory(fake)
+    assert reader() == {11: 300 << 20, 13: 1 << 20}  # compute + graphics of one process: not doubled
+    dev.compute = [(11, 500 << 20)]
+    assert reader() == {11: 500 << 20, 13: 1 << 20}  # read afresh
+    assert (fake.initialized, fake.shutdowns) == (1, 0)
+    reader.close()
+    assert fake.shutdowns == 1
+    assert NvmlProcessMemory(dbl.PynvmlDouble([], init_error=dbl.NVML_ERROR_DRIVER_NOT_LOADED))() == \
+        "NVIDIA driver not loaded"

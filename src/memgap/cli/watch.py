@@ -181,7 +181,7 @@ def series_rows(series: MemorySeries) -> list[dict[str, Any]]:
 
 class SeriesWriter:
     """Appends samples to the output file as they come, so Ctrl-C, a crash or a kill
-    loses at most the last quarter second. Format from the suffix."""
+    loses at most the last second. Format from the suffix."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

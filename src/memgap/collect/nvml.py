@@ -170,3 +170,66 @@ def read_gpus(nvml: ModuleType | None = None) -> list[GpuReading] | NvmlUnavaila
             nvml.nvmlShutdown()
         except Exception:
             pass  # nothing to do about a failed shutdown; the readings stand
+
+
+class NvmlProcessMemory:
+    """pid -> GPU memory used, summed over every GPU (None where NVML cannot say), read
+    again and again with NVML initialised once: ``read_gpus`` initialises, asks every
+    query and shuts down each time, about 8 ms on an H200 host (0.8% of a core at the
+    sampler's 1 Hz). Calling it returns the mapping, or why NVML cannot be read; ``close``
+    shuts NVML down. Never raises."""
+
+    def __init__(self, nvml: ModuleType | None = None) -> None:
+        self._nvml = nvml
+        self._handles: list[Any] | None = None
+
+    def _start(self) -> str | None:
+        if self._nvml is None:
+            try:
+                self._nvml = _load_pynvml()
+            except Exception as e:
+                return f"pynvml (nvidia-ml-py) cannot be imported: {e}"
+        nvml = self._nvml
+        try:
+            nvml.nvmlInit()
+        except Exception as e:
+            return _init_failure(nvml, e).reason
+        try:
+            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(int(nvml.nvmlDeviceGetCount()))]
+        except Exception as e:
+            self.close(started=True)
+            return f"NVML cannot list the GPUs: {e}"
+        return None
+
+    def __call__(self) -> Mapping[int, int | None] | str:
+        if self._handles is None:
+            why = self._start()
+            if why is not None:
+                return why
+        assert self._nvml is not None and self._handles is not None
+        out: dict[int, int | None] = {}
+        for handle in self._handles:
+            device: dict[int, int | None] = {}
+            for fn_name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    procs = getattr(self._nvml, fn_name)(handle)
+                except Exception:  # noqa: BLE001 - not supported here (or gone): no processes from it
+                    continue
+                for p in procs or []:
+                    used = getattr(p, "usedGpuMemory", None)
+                    # listed under compute and graphics with its one total: the larger, not the sum
+                    prev = device.get(p.pid)
+                    if prev is None or (used is not None and used > prev):
+                        device[p.pid] = used if used is not None else prev
+            for pid, used in device.items():
+                prev = out.get(pid, 0)
+                out[pid] = None if used is None or prev is None else prev + used
+        return out
+
+    def close(self, *, started: bool = False) -> None:
+        if (self._handles is not None or started) and self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - nothing to do about a failed shutdown
+                pass
+        self._handles = None
