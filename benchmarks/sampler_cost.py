@@ -42,7 +42,8 @@ from pathlib import Path
 import psutil
 
 from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
-from memgap.sampler import Sampler, SamplerConfig, native_module
+from memgap.native_loop import native_module
+from memgap.sampler import Sampler, SamplerConfig
 
 RATES = (10, 50, 100)
 

@@ -33,11 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from memgap.envs.base import wait_until  # noqa: E402 - after the path it is found on
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -61,11 +64,8 @@ def holder(args: argparse.Namespace) -> int:
              "host_allocated_bytes": host_bytes,
              "torch_mem_get_info": list(torch.cuda.mem_get_info())}))
         os.replace(sync / f"step-{i}.json.tmp", sync / f"step-{i}.json")
-        deadline = time.monotonic() + WAIT_S
-        while not (sync / f"go-{i}").exists():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"holder: no go-{i} within {WAIT_S:.0f} s")
-            time.sleep(0.02)
+        if not wait_until((sync / f"go-{i}").exists, WAIT_S, 0.02):
+            raise SystemExit(f"holder: no go-{i} within {WAIT_S:.0f} s")
 
     torch.cuda.init()
     held.append(torch.zeros(1, device="cuda"))  # the CUDA context, and nothing more
@@ -99,7 +99,7 @@ def _pyenv() -> dict[str, str]:
 
 
 def _json_of(text: str) -> dict[str, Any]:
-    return json.loads(text[text.index("{"):])  # type: ignore[no-any-return]
+    return json.loads(text[text.index("{"):])
 
 
 def _probe_summary(out: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +156,13 @@ def _gpu_reading(pids: set[int]) -> dict[str, Any]:
             "cgroup_processes_used_bytes": sum(v for v in mine if v is not None) if mine else None}
 
 
-def _step_files(sync: Path) -> list[Path]:
-    return sorted(sync.glob("step-*.json"), key=lambda p: int(p.stem.split("-")[1].split(".")[0]))
+def _read_step(sync: Path, i: int, running: Callable[[], bool], log: Path) -> dict[str, Any]:
+    """The holder's report of step i, once written (raises if it stopped or timed out)."""
+    path = sync / f"step-{i}.json"
+    wait_until(lambda: path.exists() or not running(), WAIT_S, 0.02)
+    if not path.exists():
+        raise RuntimeError(f"holder stopped before step {i}: {log.read_text(errors='replace')[-1500:]}")
+    return json.loads(path.read_text())
 
 
 def sandbox_steps(steps_gib: str, host_gib: float, work: Path) -> list[dict[str, Any]]:
@@ -178,12 +183,7 @@ def sandbox_steps(steps_gib: str, host_gib: float, work: Path) -> list[dict[str,
         assert running.cgroup is not None
         n_steps = 1 + len(steps_gib.split(",")) + (1 if host_gib else 0)
         for i in range(n_steps):
-            deadline = time.monotonic() + WAIT_S
-            while not (sync / f"step-{i}.json").exists():
-                if running.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"holder stopped before step {i}: {log.read_text()[-1500:]}")
-                time.sleep(0.02)
-            step = json.loads((sync / f"step-{i}.json").read_text())
+            step = _read_step(sync, i, lambda: running.poll() is None, log)
             time.sleep(0.5)  # let the driver's bookkeeping settle
             cg = read_cgroup_memory(running.cgroup)
             pids = set(cgroup_pids(running.cgroup))
@@ -193,9 +193,7 @@ def sandbox_steps(steps_gib: str, host_gib: float, work: Path) -> list[dict[str,
                          "cgroup_kernel_bytes": cg.kernel_bytes, "cgroup_pids": sorted(pids),
                          "meminfo_free_bytes": read_meminfo().free_bytes, **_gpu_reading(pids)})
             (sync / f"go-{i}").write_text("")
-        deadline = time.monotonic() + WAIT_S
-        while running.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: running.poll() is not None, WAIT_S)
     return rows
 
 
@@ -205,7 +203,8 @@ class NativeHolder:
     def __init__(self, hold_gib: float, work: Path) -> None:
         self.sync = work / "sync-native"
         self.sync.mkdir()
-        self.log = (work / "holder-native.log").open("wb")
+        self.log_path = work / "holder-native.log"
+        self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(  # noqa: S603
             [sys.executable, str(Path(__file__).resolve()), "holder", "--sync", str(self.sync),
              "--steps-gib", f"{hold_gib:g}", "--host-gib", "0"],
@@ -216,12 +215,7 @@ class NativeHolder:
         while self.step < i:
             (self.sync / f"go-{self.step}").write_text("")
             self.step += 1
-        deadline = time.monotonic() + WAIT_S
-        while not (self.sync / f"step-{i}.json").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"native holder stopped before step {i}")
-            time.sleep(0.02)
-        return json.loads((self.sync / f"step-{i}.json").read_text())  # type: ignore[no-any-return]
+        return _read_step(self.sync, i, lambda: self.proc.poll() is None, self.log_path)
 
     def close(self) -> None:
         if self.proc.poll() is None:

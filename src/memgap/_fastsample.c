@@ -24,7 +24,7 @@
  *
  * A key is found at the start of the text or right after a newline (the first such
  * place); its value is the rest of that line, stripped of blanks, an optional sign
- * and ASCII digits -- exactly what memgap.sampler._lookup accepts from the same text
+ * and ASCII digits -- exactly what memgap.collect.keyed.lookup accepts from the same text
  * (tests/unit/test_fastsample.py checks the two against each other). A missing or
  * malformed value is MISSING (INT64_MIN), which Python turns into None.
  *
@@ -90,8 +90,6 @@ typedef struct {
     char *buf;
     size_t bufsize;
     int64_t *scratch;
-    uint64_t ticks;
-    uint64_t late;
 } FS;
 
 /* ------------------------------------------------------------------ parsing */
@@ -277,7 +275,6 @@ static void tick(FS *fs, int full) {
     g[fs->gnkeys] = count;
     g[fs->gnkeys + 1] = resident;
     fs->nrows++;
-    fs->ticks++;
 }
 
 static void *loop(void *arg) {
@@ -299,7 +296,6 @@ static void *loop(void *arg) {
         if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec > next.tv_nsec)) {
             /* after a stall, skip the missed ticks instead of bursting */
             next = now;
-            fs->late++;
         }
     }
     pthread_mutex_unlock(&fs->mu);
@@ -659,8 +655,6 @@ static PyObject *FS_close(FS *fs, PyObject *unused) {
 
 static PyObject *FS_row_len(FS *fs, void *closure) { return PyLong_FromLong(fs->row_len); }
 static PyObject *FS_running(FS *fs, void *closure) { return PyBool_FromLong(fs->running); }
-static PyObject *FS_ticks(FS *fs, void *closure) { return PyLong_FromUnsignedLongLong(fs->ticks); }
-static PyObject *FS_late(FS *fs, void *closure) { return PyLong_FromUnsignedLongLong(fs->late); }
 
 static PyMethodDef FS_methods[] = {
     {"start", (PyCFunction)FS_start, METH_NOARGS, "Start the sampling thread."},
@@ -676,8 +670,6 @@ static PyMethodDef FS_methods[] = {
 static PyGetSetDef FS_getset[] = {
     {"row_len", (getter)FS_row_len, NULL, "int64 values per row", NULL},
     {"running", (getter)FS_running, NULL, "whether the thread runs", NULL},
-    {"ticks", (getter)FS_ticks, NULL, "rows taken so far", NULL},
-    {"late", (getter)FS_late, NULL, "ticks that ended after the next was due", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

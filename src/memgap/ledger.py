@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memgap.memory import memory_summary
-from memgap.sampler import MemorySeries
+from memgap.series import MemorySeries
 
 MARKS = ("start", "ready", "peak", "end")
 

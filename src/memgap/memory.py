@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memgap.sampler import COLUMNS, MemorySeries
+from memgap.series import COLUMNS, MemorySeries
 
 MARKS = ("start", "ready", "end")
 

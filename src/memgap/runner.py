@@ -30,7 +30,8 @@ from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
 from memgap.load.spec import WorkloadSpec
 from memgap.memory import memory_summary
-from memgap.sampler import MemorySeries, Sampler, SamplerConfig
+from memgap.sampler import Sampler, SamplerConfig
+from memgap.series import MemorySeries
 from memgap.store import Store
 from memgap.units import format_bytes
 

@@ -17,56 +17,39 @@ a Python loop costs 3% (benchmarks/sampler_cost.py). Without the module, or with
 
 from __future__ import annotations
 
-import array
-import importlib
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from memgap.collect.cgroup import CgroupRef, parse_memory_stat
 from memgap.collect.engine_metrics import engine_metrics
 from memgap.collect.fastread import FileReader
+from memgap.collect.keyed import (
+    CG_STAT_KEYS,
+    MEMINFO_KEYS,
+    STATUS_KEYS,
+    lookup,
+    stat_get,
+    v2_kernel,
+)
 from memgap.collect.meminfo import parse_meminfo
 from memgap.collect.nvml import NvmlProcessMemory
 from memgap.collect.process import ProcessKey, process_key, process_tree, read_smaps_rollup
+from memgap.native_loop import (
+    FAST_COLUMNS,
+    HOUSEKEEPING_S,
+    NATIVE_MIN_RATE_HZ,
+    NativeLoop,
+    fd_or_minus_one,
+    native_module,
+)
+from memgap.series import COLUMNS, SPARSE_COLUMNS, MemorySeries
 
-# Column names of the series. Sparse columns (smaps, engine metrics) hold None where
-# not read at that tick.
-HOST_COLUMNS = (
-    "host_free_bytes",
-    "host_available_bytes",
-    "host_cached_bytes",
-    "host_shmem_bytes",
-    "host_used_bytes",
-)
-CGROUP_COLUMNS = (
-    "cgroup_usage_bytes",
-    "cgroup_anon_bytes",
-    "cgroup_file_bytes",
-    "cgroup_shmem_bytes",
-    "cgroup_file_mapped_bytes",
-    # Kernel memory charged to the cgroup: v2 memory.stat ``kernel`` (5.18+; the sum of
-    # its parts before), v1 memory.kmem.usage_in_bytes. v1 usage_in_bytes includes it.
-    "cgroup_kmem_bytes",
-)
-PROCESS_COLUMNS = (
-    "process_rss_bytes",
-    "process_anon_bytes",
-    "process_file_bytes",
-    "process_shmem_bytes",
-    "process_count",
-)
-# gpu_process_used_bytes: NVML's per-process used memory summed over the engine's
-# processes (0 when NVML works and none of them holds GPU memory).
-SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting",
-                  "gpu_process_used_bytes")
-COLUMNS = ("t_s", *HOST_COLUMNS, *CGROUP_COLUMNS, *PROCESS_COLUMNS, *SPARSE_COLUMNS)
-# What a totals-only row of the native loop holds (see SamplerConfig.full_rate_hz).
-_FAST_COLUMNS = ("t_s", "cgroup_usage_bytes", "process_rss_bytes", "process_count")
+_SHORT_WAIT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -85,231 +68,11 @@ class SamplerConfig:
     full_rate_hz: float = 10.0
 
 
-@dataclass
-class MemorySeries:
-    """Raw samples, stored verbatim; everything in ``summary()`` is derived from them."""
-
-    rate_hz: float
-    columns: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in COLUMNS})
-    marks: dict[str, float] = field(default_factory=dict)
-    host_total_bytes: int | None = None
-    kernel_cgroup_peak_bytes: int | None = None
-    kernel_process_hwm_bytes: int | None = None
-    errors: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.columns["t_s"])
-
-    def row(self, i: int) -> dict[str, Any]:
-        return {c: self.columns[c][i] for c in COLUMNS}
-
-    def index_at(self, t_s: float) -> int | None:
-        """First sample at or after t_s (the sampler takes one at each mark)."""
-        for i, t in enumerate(self.columns["t_s"]):
-            if t >= t_s - 1e-9:
-                return i
-        return len(self) - 1 if len(self) else None
-
-    def peak(self, column: str) -> int | float | None:
-        vals = [v for v in self.columns[column] if v is not None]
-        return max(vals) if vals else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rate_hz": self.rate_hz,
-            "columns": self.columns,
-            "marks": self.marks,
-            "host_total_bytes": self.host_total_bytes,
-            "kernel_cgroup_peak_bytes": self.kernel_cgroup_peak_bytes,
-            "kernel_process_hwm_bytes": self.kernel_process_hwm_bytes,
-            "errors": self.errors,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MemorySeries:
-        s = cls(rate_hz=float(d["rate_hz"]))
-        n = len(d["columns"].get("t_s", []))
-        # A column added after the series was stored reads as not measured (None).
-        s.columns = {c: list(d["columns"].get(c, [None] * n)) for c in COLUMNS}
-        s.marks = dict(d.get("marks", {}))
-        s.host_total_bytes = d.get("host_total_bytes")
-        s.kernel_cgroup_peak_bytes = d.get("kernel_cgroup_peak_bytes")
-        s.kernel_process_hwm_bytes = d.get("kernel_process_hwm_bytes")
-        s.errors = list(d.get("errors", []))
-        return s
-
-
-# The high-rate path looks up only the keys it needs with str.find (C speed) instead of
-# parsing every line in Python: at 100 Hz the full parsers alone cost ~2% of a core, a
-# regex scan ~1% (benchmarks/sampler_cost.py). A file where a required key is missing
-# (garbage, another kernel's layout) falls back to the full parser, whose error names the
-# file and line.
-_MEMINFO_KEYS = ("MemTotal:", "MemFree:", "MemAvailable:", "Cached:", "Shmem:")
-_STATUS_KEYS = ("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "VmHWM:")
-# v1's total_* are hierarchical; the plain keys are read only where total_* are missing.
-_CG_STAT_KEYS = {
-    1: (("total_rss ", "total_cache ", "total_shmem ", "total_mapped_file "),
-        ("rss ", "cache ", "shmem ", "mapped_file ")),
-    2: (("anon ", "file ", "shmem ", "file_mapped ", "kernel "),
-        ("kernel_stack ", "pagetables ", "sec_pagetables ", "percpu ", "sock ", "vmalloc ", "slab ")),
-}
-
-
-def _lookup(text: str, keys: tuple[str, ...], kb: bool) -> dict[str, int]:
-    """``{key without its separator: bytes}`` for each key found at a line start; a line
-    whose value is not a number (or, with ``kb``, does not end in " kB") is left out."""
-    out: dict[str, int] = {}
-    for key in keys:
-        if text.startswith(key):
-            i = len(key)
-        else:
-            i = text.find("\n" + key)
-            if i < 0:
-                continue
-            i += len(key) + 1
-        j = text.find("\n", i)
-        if j < 0:
-            j = len(text)
-        if kb:
-            if text[j - 3 : j] != " kB":
-                continue
-            j -= 3
-        try:
-            out[key.rstrip(": ")] = int(text[i:j]) * (1024 if kb else 1)
-        except ValueError:
-            continue
-    return out
-
-
-def _stat_get(stat: Mapping[str, int], version: int, v2: str, v1: tuple[str, ...]) -> int | None:
-    if version == 2:
-        return stat.get(v2)
-    for k in v1:
-        if k in stat:
-            return stat[k]
-    return None
-
-
-_V2_KERNEL_PARTS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock", "vmalloc", "slab")
-
-
-def _v2_kernel(stat: Mapping[str, int]) -> int | None:
-    """v2 ``kernel`` (Linux 5.18+), or the sum of its parts on older kernels."""
-    if "kernel" in stat:
-        return stat["kernel"]
-    parts = [stat[k] for k in _V2_KERNEL_PARTS if k in stat]
-    return sum(parts) if parts else None
-
-
-_SHORT_WAIT_S = 0.05
-
-# With the native loop, a Python thread still drains its rows, refreshes the process
-# tree and reads the sparse columns, at this period (or the sample period if longer).
-_HOUSEKEEPING_S = 0.5
-# Below this rate a Python thread costs next to nothing; the native loop buys nothing.
-NATIVE_MIN_RATE_HZ = 4.0
-
-
-def native_module() -> Any | None:
-    """memgap._fastsample, or None where it was not built (no C compiler at install)."""
-    try:
-        return importlib.import_module("memgap._fastsample")
-    except ImportError:
-        return None
-
-
-def _fd(reader: FileReader | None) -> int:
-    fd = reader.fileno() if reader is not None else None
-    return -1 if fd is None else fd
-
-
-class _NativeLoop:
-    """memgap._fastsample.FastSampler set up with the high-rate path's files and keys,
-    and the decoding of its rows into the columns' values."""
-
-    def __init__(self, mod: Any, rate_hz: float, full_rate_hz: float, proc_root: Path,
-                 cgroup: CgroupRef | None) -> None:
-        self.mod = mod
-        # (path, layout, keys, reopen, read on every tick)
-        sources: list[tuple[str, int, tuple[str, ...], bool, bool]] = [
-            (str(proc_root / "meminfo"), mod.KB, _MEMINFO_KEYS, True, False)]
-        self.cg_first: tuple[str, ...] = ()
-        self.cg_fallback: tuple[str, ...] = ()
-        if cgroup is not None:
-            usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
-            self.cg_first, self.cg_fallback = _CG_STAT_KEYS[cgroup.version]
-            sources.append((str(cgroup.path / usage), mod.SINGLE, (), True, True))
-            sources.append((str(cgroup.path / "memory.stat"), mod.KV, self.cg_first + self.cg_fallback, True, False))
-            if cgroup.version == 1:
-                sources.append((str(cgroup.path / "memory.kmem.usage_in_bytes"), mod.SINGLE, (), True, False))
-        self.has_cgroup = cgroup is not None
-        self.has_kmem = cgroup is not None and cgroup.version == 1
-        full_every = max(1, round(rate_hz / full_rate_hz)) if full_rate_hz > 0 else 1
-        self.fs = mod.FastSampler(rate_hz, sources, mod.KB, _STATUS_KEYS,
-                                  tuple(mod.MAX if k == "VmHWM:" else mod.SUM for k in _STATUS_KEYS),
-                                  full_every=full_every)
-        self.row_len: int = self.fs.row_len
-        self.missing: int = mod.MISSING
-        # Where a totals-only row keeps its values.
-        self.i_usage: int | None = 2 + len(_MEMINFO_KEYS) if cgroup is not None else None
-        self.i_count: int = self.row_len - 2
-        self.i_resident: int = self.row_len - 1
-
-    def drain(self, sample_now: bool) -> array.array[int]:
-        """The rows since the last drain, flat, ``row_len`` values each (``self.missing``
-        where a tick did not read it)."""
-        raw = array.array("q")
-        raw.frombytes(self.fs.drain(sample_now=sample_now))
-        return raw
-
-    def split(self, r_raw: list[int]) -> tuple[int, bool, dict[str, int], int | None, dict[str, int],
-                                                 int | None, dict[str, int], int, int | None]:
-        """(t_ns, full tick, meminfo by key, cgroup usage, memory.stat by key, v1 kmem,
-        status sums by key, group files read, statm resident bytes) -- keys as ``_lookup``
-        names them, absent where missing or not read at that tick."""
-        r: list[int | None] = [None if v == self.missing else v for v in r_raw]
-        def named(keys: tuple[str, ...], vals: list[int | None]) -> dict[str, int]:
-            return {k.rstrip(": "): v for k, v in zip(keys, vals, strict=True) if v is not None}
-
-        i = 2
-        host = named(_MEMINFO_KEYS, r[i:i + len(_MEMINFO_KEYS)])
-        i += len(_MEMINFO_KEYS)
-        usage: int | None = None
-        stat: dict[str, int] = {}
-        kmem: int | None = None
-        if self.has_cgroup:
-            usage = r[i]
-            i += 1
-            first = named(self.cg_first, r[i:i + len(self.cg_first)])
-            i += len(self.cg_first)
-            fallback = named(self.cg_fallback, r[i:i + len(self.cg_fallback)])
-            i += len(self.cg_fallback)
-            stat = first if len(first) >= len(self.cg_first) - 1 else {**first, **fallback}
-            if self.has_kmem:
-                kmem = r[i]
-                i += 1
-        status = named(_STATUS_KEYS, r[i:i + len(_STATUS_KEYS)])
-        i += len(_STATUS_KEYS)
-        t_ns = r[0]
-        assert t_ns is not None
-        return t_ns, bool(r[1]), host, usage, stat, kmem, status, r[i] or 0, r[i + 1]
-
-
 GpuProcessReader = Callable[[], "Mapping[int, int | None] | str"]
 
 
 def nvidia_driver_present(root: Path = Path("/")) -> bool:
     return (root / "proc/driver/nvidia").exists() or (root / "dev/nvidiactl").exists()
-
-
-def nvml_process_memory() -> Mapping[int, int | None] | str:
-    """pid -> GPU memory used, over every GPU (None where NVML cannot say), or why NVML
-    cannot be read. One reading; the sampler keeps a ``NvmlProcessMemory`` instead."""
-    reader = NvmlProcessMemory()
-    try:
-        return reader()
-    finally:
-        reader.close()
 
 
 class Sampler:
@@ -363,13 +126,13 @@ class Sampler:
             if cgroup.version == 1:
                 self._cg_kmem = FileReader(cgroup.path / "memory.kmem.usage_in_bytes")
         self._hwm_max: int | None = None
-        self._native: _NativeLoop | None = None
+        self._native: NativeLoop | None = None
         want = self.config.native
         mod = native_module() if want is not False else None
         if want and mod is None:
             raise ValueError("the native sampler (memgap._fastsample) is not built here")
         if mod is not None and (want or self.config.rate_hz > NATIVE_MIN_RATE_HZ):
-            self._native = _NativeLoop(mod, self.config.rate_hz, self.config.full_rate_hz, proc_root, cgroup)
+            self._native = NativeLoop(mod, self.config.rate_hz, self.config.full_rate_hz, proc_root, cgroup)
 
     @property
     def native(self) -> bool:
@@ -437,7 +200,7 @@ class Sampler:
 
     def _housekeeping(self) -> None:
         """With the native loop: drain its rows, refresh the tree, read the sparse columns."""
-        period = max(1.0 / self.config.rate_hz, _HOUSEKEEPING_S)
+        period = max(1.0 / self.config.rate_hz, HOUSEKEEPING_S)
         while not self._stop.wait(period):
             with self._lock:
                 self._sample_native(sample_now=False)
@@ -489,7 +252,7 @@ class Sampler:
         if text is None:
             self._note("host: /proc/meminfo unreadable")
             return
-        if self._fill_host(row, _lookup(text, _MEMINFO_KEYS, kb=True)):
+        if self._fill_host(row, lookup(text, MEMINFO_KEYS, kb=True)):
             return
         try:
             mi = parse_meminfo(text)
@@ -524,10 +287,10 @@ class Sampler:
         stat_text = self._cg_stat.read_text()
         if stat_text is None:
             return
-        first, fallback = _CG_STAT_KEYS[self.cgroup.version]
-        stat = _lookup(stat_text, first, kb=False)
+        first, fallback = CG_STAT_KEYS[self.cgroup.version]
+        stat = lookup(stat_text, first, kb=False)
         if len(stat) < len(first) - 1:  # v2 "kernel" is 5.18+; anything else missing: older layout
-            stat.update(_lookup(stat_text, fallback, kb=False))
+            stat.update(lookup(stat_text, fallback, kb=False))
         if not stat:
             try:
                 stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / "memory.stat"))
@@ -546,11 +309,11 @@ class Sampler:
         v = self.cgroup.version
         # v1: total_* are hierarchical (include children); the run's cgroup has none, but
         # prefer them so a nested layout (docker --cgroup-parent) reads the same.
-        row["cgroup_anon_bytes"] = _stat_get(stat, v, "anon", ("total_rss", "rss"))
-        row["cgroup_file_bytes"] = _stat_get(stat, v, "file", ("total_cache", "cache"))
-        row["cgroup_shmem_bytes"] = _stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
-        row["cgroup_file_mapped_bytes"] = _stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
-        row["cgroup_kmem_bytes"] = _v2_kernel(stat) if v == 2 else kmem
+        row["cgroup_anon_bytes"] = stat_get(stat, v, "anon", ("total_rss", "rss"))
+        row["cgroup_file_bytes"] = stat_get(stat, v, "file", ("total_cache", "cache"))
+        row["cgroup_shmem_bytes"] = stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
+        row["cgroup_file_mapped_bytes"] = stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
+        row["cgroup_kmem_bytes"] = v2_kernel(stat) if v == 2 else kmem
 
     def _refresh_tree(self, t: float) -> None:
         if t - self._tree_at >= self.config.tree_refresh_s:  # also when empty: a gone tree is not re-walked every tick
@@ -559,7 +322,7 @@ class Sampler:
             self._sync_status_readers()
             if self._native is not None:
                 self._native.fs.set_group([
-                    (_fd(self._status.get(k)), _fd(self._statm.get(k))) for k in self._tree])
+                    (fd_or_minus_one(self._status.get(k)), fd_or_minus_one(self._statm.get(k))) for k in self._tree])
 
     def _sample_processes(self, row: dict[str, Any], t: float) -> None:
         self._refresh_tree(t)
@@ -570,7 +333,7 @@ class Sampler:
             text = reader.read_text() if reader is not None else None
             if text is None:
                 continue
-            kb = _lookup(text, _STATUS_KEYS, kb=True)
+            kb = lookup(text, STATUS_KEYS, kb=True)
             if not kb:  # a kernel thread (no Vm* lines), or not a status file
                 continue
             seen += 1
@@ -621,8 +384,8 @@ class Sampler:
         cols = self.series.columns
         # Totals-only rows (most of them at high rates) go straight into the columns: no
         # per-row dict, no parsing -- this loop is the Python side's whole per-sample cost.
-        fast_none = [cols[c] for c in COLUMNS if c not in _FAST_COLUMNS]
-        t_col, usage_col, rss_col, count_col = (cols[c] for c in _FAST_COLUMNS)
+        fast_none = [cols[c] for c in COLUMNS if c not in FAST_COLUMNS]
+        t_col, usage_col, rss_col, count_col = (cols[c] for c in FAST_COLUMNS)
         iu, ic, ir, missing, t0 = native.i_usage, native.i_count, native.i_resident, native.missing, self._t0
         n = native.row_len
         nrows = len(raw) // n

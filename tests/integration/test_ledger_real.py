@@ -17,14 +17,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_child import CHILD, drop_from_page_cache, step
 
 from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
-from memgap.envs import cgroupfs
 from memgap.errors import MemgapError
 from memgap.explain import CONTRADICTED, SUPPORTED, RunInput, explain
 from memgap.importers import blank_record
@@ -37,57 +36,6 @@ pytestmark = pytest.mark.integration
 MIB = 1024**2
 ANON, FILE, SHM = 64 * MIB, 64 * MIB, 32 * MIB
 
-CHILD = r"""
-import os, sys
-data_path, shm_path = sys.argv[1], sys.argv[2]
-chunk = b"\x5a" * (1024 * 1024)
-keep = []
-for line in sys.stdin:
-    cmd = line.strip()
-    if cmd == "anon":
-        keep.append(bytearray(b"\x01") * int(sys.argv[3]))
-    elif cmd == "file":
-        buf = bytearray(len(chunk))
-        with open(data_path, "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
-    elif cmd == "shm":
-        with open(shm_path, "wb") as f:
-            for _ in range(int(sys.argv[5]) // len(chunk)):
-                f.write(chunk)
-    print(cmd, flush=True)
-"""
-
-
-@pytest.fixture
-def child_cgroup() -> Iterator[CgroupRef]:
-    if os.geteuid() != 0:
-        pytest.skip("creating a memory cgroup needs root here")
-    parent = memory_cgroup_of("self")
-    if parent is None:
-        pytest.skip("no memory cgroup visible")
-    if parent.version == 2 and parent.relpath not in ("", "/"):
-        pytest.skip("cgroup v2: no child cgroup under a cgroup that holds processes")
-    try:
-        ref = cgroupfs.create_child(parent, cgroupfs.child_name(uuid.uuid4().hex[:8]))
-    except MemgapError as e:
-        pytest.skip(str(e))
-    try:
-        yield ref
-    finally:
-        cgroupfs.remove(ref)
-        assert not ref.path.exists()
-
-
-def _cold(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _about(actual: int | None, expected: int, what: str, tol: float = 0.15) -> None:
     assert actual is not None, f"{what}: not measured"
     assert abs(actual - expected) <= tol * expected, f"{what}: {actual / MIB:.1f} MiB, expected {expected / MIB:.0f}"
@@ -96,7 +44,7 @@ def _about(actual: int | None, expected: int, what: str, tol: float = 0.15) -> N
 def test_ledger_of_anon_file_and_tmpfs(child_cgroup: CgroupRef, tmp_path: Path) -> None:
     data = tmp_path / "data.bin"
     data.write_bytes(b"\x5a" * FILE)
-    _cold(data)
+    drop_from_page_cache(data)
     shm = Path("/dev/shm") / f"memgap-ledger-{uuid.uuid4().hex[:8]}"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(data), str(shm), str(ANON), "0", str(SHM)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -106,10 +54,7 @@ def test_ledger_of_anon_file_and_tmpfs(child_cgroup: CgroupRef, tmp_path: Path) 
         sampler.start()
         sampler.mark("start")
         for cmd in ("anon", "file", "shm"):
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(cmd + "\n")
-            child.stdin.flush()
-            assert child.stdout.readline().strip() == cmd
+            step(child, cmd)
         sampler.mark("ready")
         sampler.read_kernel_peaks()
         series = sampler.stop()
@@ -173,9 +118,9 @@ def test_cold_and_warm_weights_show_as_page_cache(tmp_path: Path) -> None:
     shutil.copyfile(gguf, model)
     size = model.stat().st_size
     with Store(tmp_path / "runs.db") as store:
-        _cold(model)
+        drop_from_page_cache(model)
         cold = _engine_run(store, model, "cold")
-        _cold(model)  # the sandbox's cgroup is emptied on removal; make sure nothing stayed
+        drop_from_page_cache(model)  # the sandbox's cgroup is emptied on removal; make sure nothing stayed
         with model.open("rb") as f:  # warm: this process touches every page first
             while f.read(1 << 20):
                 pass

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from kernel_child import drop_from_page_cache
 
 from memgap.collect.meminfo import read_meminfo
 from memgap.probe import Assumptions, evaluate, gather
@@ -28,15 +29,6 @@ def _budget(rule: str, fraction: float) -> tuple[int, int]:
     return b.kv_budget_bytes, int(b.inputs.get("startup_free_bytes", 0))
 
 
-def _drop(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_page_cache_lowers_trtllm_budget_not_vllm(tmp_path: Path) -> None:
     mi = read_meminfo()
     if (mi.available_bytes or 0) < 4 * SIZE:
@@ -47,7 +39,7 @@ def test_page_cache_lowers_trtllm_budget_not_vllm(tmp_path: Path) -> None:
         for _ in range(SIZE >> 20):
             f.write(chunk)
     try:
-        _drop(path)
+        drop_from_page_cache(path)
         # vLLM at 0.5 so its start-up check (MemAvailable >= total * fraction) passes here.
         cached_cold = read_meminfo().cached_bytes or 0
         trt_cold, _ = _budget("trtllm-pytorch", 0.9)
@@ -59,7 +51,7 @@ def test_page_cache_lowers_trtllm_budget_not_vllm(tmp_path: Path) -> None:
         vllm_warm, avail_warm = _budget("vllm", 0.5)
         cached_warm = read_meminfo().cached_bytes or 0
     finally:
-        _drop(path)
+        drop_from_page_cache(path)
         path.unlink()
     drop = (trt_cold - trt_warm) / 0.9
     print(f"TRT-LLM budget drop / 0.9 = {drop / GiB:.3f} GiB; MemAvailable moved {(avail_cold - avail_warm) / GiB:.3f} GiB")

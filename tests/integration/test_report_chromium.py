@@ -16,7 +16,7 @@ import pytest
 
 from memgap.cli.main import main
 from memgap.memory import memory_summary
-from memgap.sampler import COLUMNS, MemorySeries
+from memgap.series import COLUMNS, MemorySeries
 from memgap.store import Store
 
 pytestmark = pytest.mark.integration

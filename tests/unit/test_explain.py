@@ -10,7 +10,7 @@ import pytest
 
 from memgap.explain import CONTRADICTED, NOT_MEASURED, SUPPORTED, RunInput, explain, fit_trtllm
 from memgap.importers import blank_record, parse_files
-from memgap.sampler import COLUMNS
+from memgap.series import COLUMNS
 
 GIB, MIB = 1024**3, 1024**2
 # The seed study's real results file (a verbatim copy: tests/fixtures/benchmark_spark/README.md).

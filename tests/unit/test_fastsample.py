@@ -1,5 +1,5 @@
 """memgap._fastsample, the sampler's native high-rate loop: its parser against the Python
-path's (``memgap.sampler._lookup``) on the same text, garbage, its rows over files
+path's (``memgap.collect.keyed.lookup``) on the same text, garbage, its rows over files
 built from real kernel output (tests/fixtures), its thread, and its descriptors."""
 
 from __future__ import annotations
@@ -16,15 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memgap.sampler import (
-    _CG_STAT_KEYS,
-    _MEMINFO_KEYS,
-    _STATUS_KEYS,
-    Sampler,
-    SamplerConfig,
-    _lookup,
-    native_module,
-)
+from memgap.collect.keyed import CG_STAT_KEYS, MEMINFO_KEYS, STATUS_KEYS, lookup
+from memgap.native_loop import native_module
+from memgap.sampler import Sampler, SamplerConfig
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 fs = native_module()
@@ -41,14 +35,14 @@ def c_lookup(text: str, keys: tuple[str, ...], kb: bool) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("name, keys, kb", [
-    ("proc/v1host/meminfo", _MEMINFO_KEYS, True),
-    ("proc/v1host/status", _STATUS_KEYS, True),
-    ("cgroup/v1/memory.stat", _CG_STAT_KEYS[1][0] + _CG_STAT_KEYS[1][1], False),
-    ("cgroup/v2/memory.stat", _CG_STAT_KEYS[2][0] + _CG_STAT_KEYS[2][1], False),
+    ("proc/v1host/meminfo", MEMINFO_KEYS, True),
+    ("proc/v1host/status", STATUS_KEYS, True),
+    ("cgroup/v1/memory.stat", CG_STAT_KEYS[1][0] + CG_STAT_KEYS[1][1], False),
+    ("cgroup/v2/memory.stat", CG_STAT_KEYS[2][0] + CG_STAT_KEYS[2][1], False),
 ])
 def test_kernel_files_read_the_same(name: str, keys: tuple[str, ...], kb: bool) -> None:
     text = (FIX / name).read_text()
-    py = _lookup(text, keys, kb=kb)
+    py = lookup(text, keys, kb=kb)
     assert py and c_lookup(text, keys, kb) == py
 
 
@@ -71,7 +65,7 @@ _line = st.one_of(
 @given(st.lists(_line, max_size=8), st.booleans(), st.booleans())
 def test_same_as_the_python_lookup(lines: list[str], kb: bool, trailing_newline: bool) -> None:
     text = "\n".join(lines) + ("\n" if trailing_newline else "")
-    assert c_lookup(text, _KEYS, kb) == _lookup(text, _KEYS, kb=kb)
+    assert c_lookup(text, _KEYS, kb) == lookup(text, _KEYS, kb=kb)
 
 
 @settings(max_examples=300, deadline=None)
@@ -129,10 +123,10 @@ def test_rows_sum_max_count_and_missing(tmp_path: Path) -> None:
     assert full == 1 and resident == fs.MISSING  # type: ignore[union-attr]
     assert abs(t_ns / 1e9 - time.monotonic()) < 5  # CLOCK_MONOTONIC, as time.monotonic()
     meminfo = (FIX / "proc/v1host/meminfo").read_text()
-    assert total == _lookup(meminfo, ("MemTotal:",), kb=True)["MemTotal"]
-    assert free == _lookup(meminfo, ("MemFree:",), kb=True)["MemFree"]
+    assert total == lookup(meminfo, ("MemTotal:",), kb=True)["MemTotal"]
+    assert free == lookup(meminfo, ("MemFree:",), kb=True)["MemFree"]
     assert usage == 123456789
-    assert anon == _lookup((FIX / "cgroup/v2/memory.stat").read_text(), ("anon ",), kb=False)["anon"]
+    assert anon == lookup((FIX / "cgroup/v2/memory.stat").read_text(), ("anon ",), kb=False)["anon"]
     assert nosuch == fs.MISSING  # type: ignore[union-attr]
     assert (rss_sum, hwm_max, count) == (350 * 1024, 900 * 1024, 2)
     (tmp_path / "usage").write_text("garbage\n")  # rewritten in place: read afresh

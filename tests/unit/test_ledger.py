@@ -16,7 +16,8 @@ from memgap.collect.cgroup import CgroupRef
 from memgap.importers import blank_record
 from memgap.ledger import CATEGORIES, NOT_MEASURED, ledger_at, run_ledger, run_ledgers
 from memgap.memory import memory_summary
-from memgap.sampler import COLUMNS, Sampler, SamplerConfig
+from memgap.sampler import Sampler, SamplerConfig
+from memgap.series import COLUMNS
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 KIB, MIB = 1024, 1024**2

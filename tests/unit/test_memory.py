@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from memgap.memory import memory_summary
-from memgap.sampler import COLUMNS, MemorySeries
+from memgap.series import COLUMNS, MemorySeries
 
 
 def series_of(rows: list[dict[str, object]], **kw: object) -> MemorySeries:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from memgap.collect.cgroup import CgroupRef
-from memgap.sampler import Sampler, SamplerConfig, native_module
+from memgap.native_loop import native_module
+from memgap.sampler import Sampler, SamplerConfig
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT_PID = 14847  # the pid in fixtures/proc/v1host/stat

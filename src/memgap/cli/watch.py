@@ -27,7 +27,8 @@ from memgap.collect.cgroup import (
     parse_proc_cgroup,
 )
 from memgap.errors import EnvironmentUnavailable, UsageError
-from memgap.sampler import COLUMNS, MemorySeries, Sampler, SamplerConfig
+from memgap.sampler import Sampler, SamplerConfig
+from memgap.series import COLUMNS, MemorySeries
 from memgap.units import format_bytes
 
 NO_PROCESS = 0  # /proc/0 does not exist: a cgroup-only watch samples no process tree

@@ -9,7 +9,15 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from memgap.report.markdown import COMPARISON_HEAD, comparison_rows, fmt_metric, fmt_p
+from memgap.report.markdown import (
+    COMPARISON_HEAD,
+    STUDY_HEAD,
+    comparison_rows,
+    fmt_metric,
+    fmt_p,
+    study_paragraphs,
+    study_rows,
+)
 from memgap.report.metrics import BY_NAME
 from memgap.report.svg import Line, colour, interval_chart, line_chart, stacked_bars
 from memgap.units import format_bytes
@@ -60,26 +68,11 @@ def _env_colours(envs: list[str]) -> dict[str, str]:
 
 def _study(s: dict[str, Any]) -> str:
     out = [f"<h2>Study {_e(s['name'])}</h2>"]
-    if s["iterations"] == "auto":
-        design = (f"<p>Sequential design (iterations = &quot;auto&quot;, {_e(s['boundary'])} boundary, "
-                  f"alpha {_e(s['alpha'])}): <strong>{_e(s['runs_finished'])} runs</strong> ")
-        if all(g["settled"] for g in s["groups"]):
-            out.append(design + f"reached the verdicts, where {_e(s['max_iterations'])} per cell would have "
-                       f"taken <strong>{_e(s['runs_planned_fixed'])}</strong>.</p>")
-        else:
-            out.append(design + f"so far and the verdicts are not all settled (at most "
-                       f"{_e(s['runs_planned_fixed'])} runs); run the experiment again to continue.</p>")
-    else:
-        out.append(f"<p>Fixed design: {_e(s['iterations'])} iterations per cell; {_e(s['runs_finished'])} of "
-                   f"{_e(s['runs_planned_fixed'])} runs finished.</p>")
-    out.append(f"<p>Order: randomized blocks, seed {_e(s['seed'])}; page cache: {_e(s['page_cache'])}; "
-               f"interrupted attempts redone: {_e(s['interrupted'])}. Run order: "
-               + _e(" ".join(f"{o['block']}:{o['environment']}" for o in s["order"])) + "</p>")
-    rows = [[f"{g['model']} / {g['variant']}", name, v["verdict"], v["n"], v["margin"], g["blocks_run"],
-             "yes" if g["settled"] else "no"] for g in s["groups"] for name, v in g["verdicts"].items()]
+    for para in study_paragraphs(s):
+        out.append("<p>" + "".join(f"<strong>{_e(t)}</strong>" if strong else _e(t) for t, strong in para) + "</p>")
+    rows = study_rows(s)
     if rows:
-        out.append(_table(["group", "comparison", "verdict", "pairs", "margin", "blocks", "settled"], rows,
-                          verdict_col=2))
+        out.append(_table(STUDY_HEAD, rows, verdict_col=2))
     return "\n".join(out)
 
 

@@ -47,29 +47,44 @@ def comparison_rows(group: dict[str, Any]) -> list[list[object]]:
 COMPARISON_HEAD = ["metric", "a", "b", "difference", "95% CI", "p (Welch)", "p (Holm)", "Hedges g", "verdict"]
 
 
+# A paragraph of text as (text, emphasised) segments, which each format escapes and marks
+# its own way.
+Segments = list[tuple[str, bool]]
+STUDY_HEAD = ["group", "comparison", "verdict", "pairs", "margin", "blocks", "settled"]
+
+
+def study_paragraphs(s: dict[str, Any]) -> list[Segments]:
+    """A study's design and order, the same words in every format."""
+    if s["iterations"] == "auto":
+        design: Segments = [(f"Sequential design (iterations = \"auto\", {s['boundary']} boundary, "
+                             f"alpha {s['alpha']}): ", False), (f"{s['runs_finished']} runs", True)]
+        if all(g["settled"] for g in s["groups"]):
+            design += [(f" reached the verdicts, where {s['max_iterations']} per cell would have taken ", False),
+                       (str(s["runs_planned_fixed"]), True), (".", False)]
+        else:
+            design.append((f" so far and the verdicts are not all settled (at most {s['runs_planned_fixed']} "
+                           "runs); run the experiment again to continue.", False))
+    else:
+        design = [(f"Fixed design: {s['iterations']} iterations per cell; {s['runs_finished']} of "
+                   f"{s['runs_planned_fixed']} runs finished.", False)]
+    order = " ".join(f"{o['block']}:{o['environment']}" for o in s["order"])
+    return [design, [(f"Order: randomized blocks, seed {s['seed']}; page cache: {s['page_cache']}; "
+                      f"interrupted attempts redone: {s['interrupted']}. Run order: {order}", False)]]
+
+
+def study_rows(s: dict[str, Any]) -> list[list[object]]:
+    return [[f"{g['model']} / {g['variant']}", name, v["verdict"], v["n"], v["margin"], g["blocks_run"],
+             "yes" if g["settled"] else "no"] for g in s["groups"] for name, v in g["verdicts"].items()]
+
+
 def study_lines(s: dict[str, Any]) -> list[str]:
     out = [f"## Study {s['name']}", ""]
-    if s["iterations"] == "auto":
-        design = f"Sequential design (iterations = \"auto\", {s['boundary']} boundary, alpha {s['alpha']}): "
-        if all(g["settled"] for g in s["groups"]):
-            out.append(design + f"**{s['runs_finished']} runs** reached the verdicts, where {s['max_iterations']} "
-                       f"per cell would have taken **{s['runs_planned_fixed']}**.")
-        else:
-            out.append(design + f"**{s['runs_finished']} runs** so far and the verdicts are not all settled "
-                       f"(at most {s['runs_planned_fixed']} runs); run the experiment again to continue.")
-    else:
-        out.append(f"Fixed design: {s['iterations']} iterations per cell; {s['runs_finished']} of "
-                   f"{s['runs_planned_fixed']} runs finished.")
-    out.append(f"Order: randomized blocks, seed {s['seed']}; page cache: {s['page_cache']}; "
-               f"interrupted attempts redone: {s['interrupted']}.")
+    for para in study_paragraphs(s):
+        out.append("".join(f"**{t}**" if strong else t for t, strong in para))
     out.append("")
-    rows = []
-    for g in s["groups"]:
-        for name, v in g["verdicts"].items():
-            rows.append([f"{g['model']} / {g['variant']}", name, v["verdict"], v["n"], v["margin"],
-                         g["blocks_run"], "yes" if g["settled"] else "no"])
+    rows = study_rows(s)
     if rows:
-        out += _table(["group", "comparison", "verdict", "pairs", "margin", "blocks", "settled"], rows)
+        out += _table(STUDY_HEAD, rows)
     return out
 
 

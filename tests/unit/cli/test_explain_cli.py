@@ -80,7 +80,7 @@ def test_explain_one_side_prints_its_ledger(store: Path, capsys: pytest.CaptureF
 
 def test_explain_one_side_with_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from memgap.importers import blank_record
-    from memgap.sampler import COLUMNS
+    from memgap.series import COLUMNS
     from memgap.store import Store
 
     row = dict.fromkeys(COLUMNS)

@@ -167,7 +167,7 @@ def test_cgroup_seen_from_here_uses_our_mounts_not_the_targets(tmp_path: Path) -
 
 def test_series_writer_appends_only_complete_rows(tmp_path: Path) -> None:
     from memgap.cli.watch import SeriesWriter
-    from memgap.sampler import COLUMNS, MemorySeries
+    from memgap.series import COLUMNS, MemorySeries
 
     s = MemorySeries(rate_hz=10)
     for i in range(3):

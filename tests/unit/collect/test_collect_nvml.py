@@ -13,7 +13,7 @@ from pynvml_double import (
 )
 
 from memgap.collect import nvml as nvml_module
-from memgap.collect.nvml import GpuReading, NvmlUnavailable, read_gpus
+from memgap.collect.nvml import GpuReading, NvmlProcessMemory, NvmlUnavailable, read_gpus
 
 GIB = 1024**3
 
@@ -113,3 +113,18 @@ def test_real_pynvml_never_raises():
     # This machine has no NVIDIA driver: a reason, not an exception. On a GPU box: readings.
     result = read_gpus()
     assert isinstance(result, (list, NvmlUnavailable))
+
+
+def test_process_memory_reader_inits_once_and_sums_over_gpus():
+    dev = FakeDevice(compute=[(11, 300 << 20), (12, None)], graphics=[(11, 300 << 20), (13, 1 << 20)])
+    double = PynvmlDouble([dev, FakeDevice(compute=[(11, 100 << 20)])])
+    reader = NvmlProcessMemory(cast(Any, double))
+    # compute + graphics of one process on one GPU: its one total; over GPUs: summed
+    assert reader() == {11: 400 << 20, 12: None, 13: 1 << 20}
+    dev.compute = [(11, 500 << 20)]
+    assert reader() == {11: 600 << 20, 13: 1 << 20}  # read afresh
+    assert (double.initialized, double.shutdowns) == (1, 0)
+    reader.close()
+    assert double.shutdowns == 1
+    broken = PynvmlDouble([], init_error=NVML_ERROR_DRIVER_NOT_LOADED)
+    assert NvmlProcessMemory(cast(Any, broken))() == "NVIDIA driver not loaded"

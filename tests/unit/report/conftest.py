@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from memgap.memory import memory_summary
-from memgap.sampler import COLUMNS, MemorySeries
+from memgap.series import COLUMNS, MemorySeries
 from memgap.store import Store
 
 MIB = 1 << 20
