@@ -1,8 +1,11 @@
 """Read what an engine's own log says about its memory.
 
 ``parse_engine_log(engine, text)`` never raises, whatever the text: an unreadable or
-unrelated log gives a report whose figures are all ``None`` (and no evidence). One
-module per engine holds its format strings, cited from the engine's sources."""
+unrelated log gives a report whose figures are all ``None``, with ``found_any`` False
+and ``missing`` naming every figure the engine's log should have given (a visible
+miss, never an empty success). One module per engine holds its format strings, cited
+from the engine's sources, and may declare ``EXPECTED`` (variant -> figure names) and
+``DEFAULT_VARIANT``; for a module that does not, ``found_any`` is "any evidence"."""
 
 from __future__ import annotations
 
@@ -65,11 +68,20 @@ def parse_engine_log(engine: str, text: str) -> EngineReport:
         name = detect_engine(text)
     if name is None:
         return EngineReport(engine="unknown")
-    parse: Callable[[str], EngineReport] = _MODULES[name].parse
+    module = _MODULES[name]
+    parse: Callable[[str], EngineReport] = module.parse
     try:
-        return parse(text)
+        report = parse(text)
     except Exception:  # noqa: BLE001 - a parser bug must not stop a study; report nothing
-        return EngineReport(engine=name)
+        return EngineReport(engine=name).with_coverage(_default_expected(module))
+    if not hasattr(module, "EXPECTED"):
+        report = report.with_coverage(())
+    return report
+
+
+def _default_expected(module: ModuleType) -> tuple[str, ...]:
+    expected: dict[str, tuple[str, ...]] = getattr(module, "EXPECTED", {})
+    return expected.get(getattr(module, "DEFAULT_VARIANT", ""), ())
 
 
 __all__ = ["ENGINES", "EngineReport", "canonical_engine", "detect_engine", "parse_engine_log"]

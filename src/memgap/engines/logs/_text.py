@@ -4,7 +4,10 @@ numbers with thousands separators, and the engines' size units.
 Every engine here prints binary units: llama.cpp divides by 1024*1024 and says MiB;
 vLLM, SGLang and TensorRT-LLM divide by ``1 << 30`` (SGLang and older vLLM call it
 "GB" all the same: ``GB = 1024 * 1024 * 1024`` in sglang/srt/mem_cache/memory_pool.py,
-``float_bytes / 2**30`` in vllm's old model_runner)."""
+``get_available_gpu_memory`` returning ``free_gpu_memory / (1 << 30)`` in
+sglang/srt/utils.py (0.3.6), ``float_bytes / 2**30`` in vllm's old model_runner;
+TensorRT-LLM's ``Prefetching {x:.2f}GB`` divides by ``1024**3``). So every "GB" an
+engine prints is read as GiB here."""
 
 from __future__ import annotations
 
@@ -24,7 +27,12 @@ _ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 NUM = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 
 # Ranks other than 0 repeat rank 0's per-device figures; keep rank 0 (or untagged).
-_RANK_RE = re.compile(r"\bTP(\d+)\b|\brank[= ](\d+)\b|Worker_TP(\d+)")
+# SGLang: "[2025-01-01 12:00:00 TP1]"; vLLM: "(VllmWorker rank=1 pid=..)",
+# "(Worker_TP1_EP1 pid=..)", and one engine core per data-parallel rank,
+# "(EngineCore_DP1 pid=..)"; TensorRT-LLM's Python logger: "[TRT-LLM] [RANK 1] [I]".
+_RANK_RE = re.compile(
+    r"\bTP(\d+)\b|\brank[= ](\d+)\b|Worker_TP(\d+)|EngineCore_DP(\d+)|\[RANK (\d+)\]"
+)
 
 
 def strip_ansi(text: str) -> str:
