@@ -4,7 +4,7 @@ study's real runs and on hand-made records whose answer is known."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -82,10 +82,10 @@ def test_kv_that_does_not_follow_the_rule_contradicts_it() -> None:
 
 
 def _mem_run(run_id: str, *, created: str, cached_start: int, cg_file: int, cg_mapped: int, usage: int,
-             limit: int | None = None, failcnt: int = 0) -> RunInput:
+             limit: int | None = None, failcnt: int = 0, host_free: int = 10 * GIB) -> RunInput:
     def row(t: float) -> dict[str, Any]:
         r: dict[str, Any] = dict.fromkeys(COLUMNS)
-        r.update(t_s=t, host_free_bytes=10 * GIB, host_cached_bytes=cached_start, host_shmem_bytes=8 * MIB,
+        r.update(t_s=t, host_free_bytes=host_free, host_cached_bytes=cached_start, host_shmem_bytes=8 * MIB,
                  host_available_bytes=14 * GIB, host_used_bytes=2 * GIB, cgroup_usage_bytes=usage,
                  cgroup_anon_bytes=usage - cg_file - 2 * MIB, cgroup_file_bytes=cg_file, cgroup_shmem_bytes=0,
                  cgroup_file_mapped_bytes=cg_mapped, cgroup_kmem_bytes=2 * MIB,
@@ -150,13 +150,20 @@ def test_a_limit_that_was_hit_supports_cgroup_accounting() -> None:
 def test_json_shape() -> None:
     a = _mem_run("a01", created="2026-01-01T00:00:01", cached_start=3 * GIB, cg_file=0, cg_mapped=0, usage=215 * MIB)
     d = explain("a", [a], "b", [a]).to_dict()
-    assert set(d) >= {"a", "b", "categories", "hypotheses"} and d["explain_version"] == 1
+    assert set(d) >= {"a", "b", "categories", "hypotheses", "answer"} and d["explain_version"] == 2
     assert d["a"]["runs"] == 1 and d["a"]["run_ids"] == ["a01"]
     for c in d["categories"]:
         assert {"a_bytes", "b_bytes", "delta_bytes", "source"} <= set(c)
     for h in d["hypotheses"]:
-        assert {"name", "verdict", "evidence"} <= set(h)
+        assert {"name", "verdict", "evidence", "differs", "explains_kv", "kv_evidence"} <= set(h)
         assert h["verdict"] in (SUPPORTED, CONTRADICTED, NOT_MEASURED)
+        assert h["differs"] in (True, False, None) and h["explains_kv"] in (True, False, None)
+    # the same run on both sides: nothing differs, so nothing explains a KV difference
+    assert {h["name"]: h["explains_kv"] for h in d["hypotheses"]}["page_cache"] is False
+    ans = d["answer"]
+    assert ans["kv_before_bytes"] == ans["kv_after_bytes"] == 180 * MIB and ans["kv_delta_bytes"] == 0
+    assert ans["carriers"] == [] and ans["used_delta_bytes"] == 0 and ans["rule"] == "llamacpp"
+    assert ans["text"].startswith("KV cache 180.0 MiB in both (no difference)")
 
 
 def test_different_engines_are_not_fitted() -> None:
@@ -180,3 +187,111 @@ def test_a_side_mixing_models_is_noted() -> None:
     r.record["model"] = "other"  # type: ignore[index]
     ex = explain("x", [*a, r], "y", [_trt("b04", "y", 90, 26)])
     assert any("x mixes models (m, other)" in n for n in ex.notes)
+
+
+def test_planted_page_cache_is_counted_once() -> None:
+    """+4 GiB of page cache outside the run (it took 4 GiB of MemFree), KV caches equal:
+    page cache differs, nothing else does, and nothing explains a KV difference. Before
+    version 2, other_processes summed the other page cache again and was 'supported'."""
+    a = _mem_run("a01", created="2026-01-01T00:00:01", cached_start=3 * GIB, cg_file=98 * MIB, cg_mapped=97 * MIB,
+                 usage=313 * MIB)
+    b = _mem_run("b02", created="2026-01-01T00:00:02", cached_start=7 * GIB, cg_file=98 * MIB, cg_mapped=97 * MIB,
+                 usage=313 * MIB, host_free=6 * GIB)
+    ex = explain("a", [a], "b", [b])
+    pc, other = ex.hypothesis("page_cache"), ex.hypothesis("other_processes")
+    assert (pc.verdict, pc.differs, pc.explains_kv) == (SUPPORTED, True, False)
+    assert pc.numbers["host_page_cache_ready_a_bytes"] == 3 * GIB - 8 * MIB  # Cached - Shmem
+    assert pc.numbers["host_page_cache_ready_b_bytes"] - pc.numbers["host_page_cache_ready_a_bytes"] == 4 * GIB
+    assert "no KV difference to explain" in pc.kv_evidence
+    assert (other.verdict, other.differs, other.explains_kv) == (CONTRADICTED, False, False)
+    assert other.numbers["delta_bytes"] == 0
+    assert ex.hypothesis("shmem").differs is False
+    rule = ex.hypothesis("kv_sizing_rule")
+    assert (rule.verdict, rule.differs, rule.explains_kv) == (SUPPORTED, False, False)
+    # No byte is weighed twice: the deltas of the disjoint quantities add up to the change in used memory.
+    used = next(r for r in ex.categories if r.key == "total")
+    assert used.delta_bytes == 4 * GIB
+    ans = ex.answer
+    assert ans.kv_delta_bytes == 0 and ans.kv_differs is False and ans.used_delta_bytes == 4 * GIB
+    assert [(c.category, c.delta_bytes, c.share) for c in ans.carriers] == [("outside_page_cache", 4 * GIB, 1.0)]
+    assert ans.engine_own_delta_bytes == 0 and ans.explained_by == ()
+    assert ans.text == ("KV cache 180.0 MiB in both (no difference): llama.cpp sizes it from n_ctx, not from memory. "
+                        "Used memory (MemTotal \u2212 MemFree) grew by 4.0 GiB (6.0 \u2192 10.0 GiB): other page cache "
+                        "(outside the run) +4.0 GiB (100%). The engine's own memory is the same on both sides.")
+
+
+def test_planted_shmem_is_not_page_cache() -> None:
+    """+2 GiB in /dev/shm (meminfo counts it in Cached and Shmem): shmem differs, page cache does not."""
+    a = _mem_run("a01", created="2026-01-01T00:00:01", cached_start=3 * GIB, cg_file=98 * MIB, cg_mapped=97 * MIB,
+                 usage=313 * MIB)
+    b = _mem_run("b02", created="2026-01-01T00:00:02", cached_start=5 * GIB, cg_file=98 * MIB, cg_mapped=97 * MIB,
+                 usage=313 * MIB, host_free=8 * GIB)
+    for m in ("start", "ready", "peak", "end"):
+        cast(dict[str, Any], b.record)["memory"]["at"][m]["host_shmem_bytes"] = 2 * GIB + 8 * MIB
+    ex = explain("a", [a], "b", [b])
+    assert ex.hypothesis("shmem").differs is True
+    assert ex.hypothesis("shmem").numbers["host_ready_delta_bytes"] == 2 * GIB
+    assert ex.hypothesis("page_cache").differs is False
+    assert ex.hypothesis("other_processes").differs is False
+
+
+def _trt_mem(run_id: str, *, peak_gib: float, cached_gib: float, unified: bool | None = True) -> RunInput:
+    """A TensorRT-LLM run on a 119.6 GiB unified-memory GPU whose KV follows its rule:
+    kv = 0.9 x (total - peak); the engine holds 60 GiB + its KV cache in GPU memory."""
+    total, weights, anon, other = 119.6 * GIB, 60 * GIB, 2 * GIB, 1 * GIB
+    kv = int(0.9 * (total - peak_gib * GIB))
+    gpu = weights + kv
+    cached = int(cached_gib * GIB)
+    r = cast(dict[str, Any], _trt(run_id, "x", peak_gib, kv / GIB).record)
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(t_s=1.0, host_free_bytes=int(total - gpu - anon - cached - other), host_cached_bytes=cached,
+               host_shmem_bytes=8 * MIB, host_available_bytes=int(total - gpu - anon - other),
+               process_rss_bytes=anon + GIB, process_anon_bytes=anon, process_file_bytes=GIB, process_shmem_bytes=0,
+               gpu_process_used_bytes=gpu)
+    r["engine_report"]["kv_cache_bytes"] = kv
+    r["memory"] = {"host_total_bytes": int(total), "at": {m: dict(row) for m in ("start", "ready", "peak", "end")}}
+    r["host"] = {"gpus": [{"name": "NVIDIA GB10", "unified_memory": unified}]}
+    return RunInput(r)
+
+
+def test_page_cache_explains_trtllm_kv_by_the_amount_its_rule_implies() -> None:
+    """4 GiB more page cache on a unified-memory GPU: TensorRT-LLM read 4 GiB less free
+    memory and kept 0.9 x 4 = 3.6 GiB less KV cache; page cache explains all of it."""
+    a, b = _trt_mem("a01", peak_gib=70, cached_gib=3), _trt_mem("b02", peak_gib=74, cached_gib=7)
+    ex = explain("a", [a], "b", [b])
+    pc = ex.hypothesis("page_cache")
+    assert (pc.differs, pc.explains_kv) == (True, True)
+    assert pc.numbers["kv_implied_delta_bytes"] == pytest.approx(-0.9 * 4 * GIB, abs=2)
+    other = ex.hypothesis("other_processes")
+    assert (other.differs, other.explains_kv) == (False, False)
+    gpu = ex.hypothesis("gpu_outside_cgroup")  # the engine's GPU memory shrank by its KV cache: a result
+    assert gpu.numbers["besides_kv_delta_bytes"] == 0 and gpu.explains_kv is False
+    ans = ex.answer
+    assert ans.rule == "trtllm" and ans.rule_explains_kv is True
+    assert ans.kv_delta_bytes == pytest.approx(-3.6 * GIB, abs=2)
+    assert ans.rule_input_delta_bytes == -4 * GIB
+    assert [h for h, _ in ans.explained_by] == ["page_cache"]
+    assert ans.text.startswith("KV cache 44.6 \u2192 41.0 GiB (\u22123.6). TensorRT-LLM's rule explains it: it read "
+                               "4.0 GiB less free memory when it sized the cache")
+    assert "By TensorRT-LLM's rule the page cache difference accounts for \u22123.6 GiB of the KV difference " \
+           "(100% of it)." in ans.text
+    assert "The engine's own memory differs by 3.6 GiB." in ans.text
+    # Used memory barely moved: the page cache took what the KV cache gave up.
+    assert ans.used_delta_bytes == 4 * GIB - (a.record["engine_report"]["kv_cache_bytes"]
+                                              - b.record["engine_report"]["kv_cache_bytes"])
+    assert {c.category: c.share for c in ans.carriers} == {"outside_page_cache": None, "gpu_outside_cgroup": None}
+
+
+@pytest.mark.parametrize(("engine", "unified", "explains"), [
+    ("trtllm", False, False),  # discrete GPU: cudaMemGetInfo reads device memory, not MemFree
+    ("trtllm", None, None),  # the record does not say: cannot tell
+    ("vllm", True, False),  # vLLM on unified memory reads MemAvailable, where page cache is free
+])
+def test_page_cache_reaches_kv_only_through_memfree(engine: str, unified: bool | None, explains: bool | None) -> None:
+    a, b = _trt_mem("a01", peak_gib=70, cached_gib=3, unified=unified), _trt_mem("b02", peak_gib=74, cached_gib=7,
+                                                                               unified=unified)
+    for r in (a, b):
+        rec = cast(dict[str, Any], r.record)
+        rec["engine"] = rec["engine_report"]["engine"] = engine
+    pc = explain("a", [a], "b", [b]).hypothesis("page_cache")
+    assert pc.differs is True and pc.explains_kv is explains
