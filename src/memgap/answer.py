@@ -247,5 +247,5 @@ def _unmeasured_sentence(a: Side, b: Side) -> str:
     bare = [s.label for s in (a, b) if not any(led.measured for led in s.ledgers["ready"])]
     if not bare:
         return ""
-    return (f"What that memory was is not in this data: {' and '.join(bare)} "
-            f"{'carries' if len(bare) == 1 else 'carry'} the engine's own figures only, no memory readings.")
+    who = "both sides carry" if len(bare) == 2 else f"{bare[0]} carries"
+    return f"What that memory was is not in this data: {who} the engine's own figures only, no memory readings."

@@ -1,4 +1,7 @@
-"""``memgap explain A B``: two runs or groups side by side, and which explanation the numbers support."""
+"""``memgap explain A B``: two runs or groups side by side, and which explanation the numbers support.
+
+The answer comes first (one paragraph), then one line per hypothesis with both of its
+questions, then the ledger tables, then the evidence behind each hypothesis."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from memgap.explain import (
@@ -39,7 +43,8 @@ def explain_command(
     a: Annotated[str, typer.Argument(help=f"One side: {SELECTOR_HELP}; several runs are summarised by their median.")],
     b: Annotated[str | None, typer.Argument(help="The other side, the same way. Without it: the ledger of A alone.")] = None,
     store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: a, b, categories, hypotheses.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: answer, a, b, categories, "
+                                          "hypotheses, notes.")] = False,
     peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Also show the ledgers at the run's peak.")] = True,
 ) -> None:
     """Compare two runs (or groups, by their median) category by category and give a verdict on each hypothesis."""
@@ -59,6 +64,10 @@ def explain_command(
         typer.echo(json.dumps(ex.to_dict(), indent=2))
         return
     _print(ex, show_peak=peak)
+
+
+def _yes(v: bool | None) -> str:
+    return "unknown" if v is None else "yes" if v else "no"
 
 
 def _fmt(n: int | None) -> str:
@@ -86,12 +95,22 @@ def _table(title: str, rows: tuple[Row, ...] | list[Row], a: str, b: str) -> Tab
 
 def _print(ex: Explanation, *, show_peak: bool) -> None:
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
+    out.print(ex.answer.text, markup=False)
+    out.print()
     for tag, side in (("A", ex.a), ("B", ex.b)):
         d = side.describe()
         ids = ", ".join(d["run_ids"][:4]) + (f" +{len(d['run_ids']) - 4}" if len(d["run_ids"]) > 4 else "")
         out.print(f"[bold]{tag}[/bold] {side.label}: {d['runs']} run(s) ({ids}); environment "
                   f"{', '.join(d['environment'])}, engine {', '.join(d['engine'])}, model {', '.join(d['model'])}"
                   + (" - medians" if d["runs"] > 1 else ""))
+    out.print("[bold]Hypotheses[/bold] (does it differ? does it explain the KV difference through the engine's rule?)")
+    width = max(len(h.name) for h in ex.hypotheses)
+    for h in ex.hypotheses:
+        style = _VERDICT_STYLE.get(h.verdict, "yellow")
+        out.print(f"  [bold]{h.name:<{width}}[/bold]  differs: {_yes(h.differs):<7} explains KV: "
+                  f"{_yes(h.explains_kv):<7} [{style}]{h.verdict}[/{style}]"
+                  + (f"  [dim]{escape(h.kv_evidence)}[/dim]" if h.kv_evidence else ""))
+    out.print()
     ledger_rows = [r for r in ex.categories if r.kind == "ledger"]
     engine_rows = [r for r in ex.categories if r.kind == "engine" and (r.a_bytes is not None or r.b_bytes is not None)]
     measured = any(r.a_bytes is not None or r.b_bytes is not None for r in ledger_rows if r.key != "kv_cache")
@@ -103,10 +122,10 @@ def _print(ex: Explanation, *, show_peak: bool) -> None:
         out.print("No memory-layer readings on either side: the ledger is not measured; engine figures follow.")
     if engine_rows:
         out.print(_table("What the engine reported", engine_rows, ex.a.label, ex.b.label))
-    out.print("[bold]Hypotheses[/bold]")
+    out.print("[bold]Evidence[/bold]")
     for h in ex.hypotheses:
         style = _VERDICT_STYLE.get(h.verdict, "yellow")
-        out.print(f"  [{style}]{h.verdict:<13}[/{style}] [bold]{h.name}[/bold]: {h.claim}")
+        out.print(f"  [{style}]{h.verdict:<13}[/{style}] [bold]{h.name}[/bold]: {escape(h.claim)}")
         out.print(f"                {h.evidence}", markup=False)
     if ex.notes:
         out.print("[bold]What these runs can and cannot establish[/bold]")
