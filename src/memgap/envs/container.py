@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from memgap.errors import EnvironmentUnavailable, MemgapError, PrivilegeError, UsageError
-from memgap.units import parse_size
+from memgap.units import parse_reported_size, parse_size
 
 LABEL_RUN = "memgap.run"
 LABEL_OWNER = "memgap.owner"  # "<pid>:<process start time in clock ticks>" of the memgap that ran it
@@ -70,16 +69,10 @@ class ContainerOptions:
         return d
 
 
-_DOCKER_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
 def docker_size_bytes(text: str, *, what: str = "size") -> int:
-    """Docker/Podman size syntax: ``512m``, ``1g``, ``1.5G``, ``536870912`` (binary units,
-    as ``docker run`` reads them); ``512MiB``-style is accepted through parse_size."""
-    m = _DOCKER_SIZE_RE.match(text)
-    if m:
-        factor = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
-        return int(float(m.group(1)) * factor)
+    """Docker/Podman size syntax (``512m``, ``1.5G``, ``512MiB``, ``536870912``) -> bytes.
+    That syntax is the one every typed size in memgap uses, so this is parse_size; the
+    name stays for the call sites that check a flag the container engine will read."""
     return parse_size(text, what=what)
 
 
@@ -289,7 +282,9 @@ def _usage_pair(raw: str) -> tuple[int | None, int | None]:
     vals: list[int | None] = []
     for p in parts[:2]:
         try:
-            vals.append(parse_size(p) if p and p != "--" else None)
+            # docker prints MiB/GiB (go-units BytesSize), podman MB/GB meaning 10**6/10**9
+            # (go-units HumanSize): the printer's meaning, not the one for typed sizes.
+            vals.append(parse_reported_size(p, decimal_gb=True) if p and p != "--" else None)
         except UsageError:
             vals.append(None)
     while len(vals) < 2:

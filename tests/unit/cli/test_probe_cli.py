@@ -33,7 +33,8 @@ def test_fake_procfs_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = probe_json(capsys, "--proc-root", str(fake_proc(tmp_path)), "--model",
                      str(MODELS / "deepseek-r1-distill-qwen-7b"), "--weights-bytes", "15.23GiB", "-f", "0.5")
     assert out["assumed"]["bytes_per_token"] == 57344
-    assert out["assumed"]["weights_bytes"] == round(15.23 * GiB)
+    weights = 16_353_087_979  # 15.23 * 2**30 = 16353087979.52; a typed size drops the fraction
+    assert out["assumed"]["weights_bytes"] == weights
     assert out["assumed"]["weights_source"] == "--weights-bytes"
     assert out["measured"]["meminfo"]["free_bytes"] == 17709676 * 1024
     assert out["measured"]["cgroup"] is None  # no /proc/self/cgroup in the fake tree
@@ -41,7 +42,7 @@ def test_fake_procfs_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert uni["name"] == "unified" and uni["measured"] is True
     trt = [b for b in uni["budgets"] if b["rule"] == "trtllm-pytorch"]
     assert [b["fraction"] for b in trt] == [0.9, 0.5]
-    assert trt[0]["kv_budget_bytes"] == int((17709676 * 1024 - round(15.23 * GiB)) * 0.9)
+    assert trt[0]["kv_budget_bytes"] == int((17709676 * 1024 - weights) * 0.9)
 
 
 def test_text_output_says_measured_and_assumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
