@@ -239,7 +239,7 @@ def _used_sentence(a: int, b: int, carriers: Sequence[Carrier], changed: bool) -
         text = (f"Used memory (MemTotal \u2212 MemFree) {'grew' if b > a else 'shrank'} by {size(abs(b - a))} "
                 f"({pair(a, b, change=False)})")
         return text + (f": {listed}{more}." if listed else ", spread over no one category.")
-    text = f"Used memory (MemTotal \u2212 MemFree) is about the same ({pair(a, b)})"
+    text = f"Used memory (MemTotal \u2212 MemFree) is about the same ({pair(a, b, change=False)}, {signed(b - a)})"
     return text + (f"; it moved between categories: {listed}{more}." if listed else ".")
 
 

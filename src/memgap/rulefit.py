@@ -108,7 +108,7 @@ class KvLink:
         if self.kv_differs is None:
             return None, None, "the KV cache size is missing on one side"
         if not self.kv_differs:
-            return False, None, f"the KV caches do not differ: there is no KV difference to explain ({reach})"
+            return False, None, "the KV caches do not differ: there is no KV difference to explain"
         if d is None:
             return None, None, f"{subject} was not measured on one side or both"
         if self.engine is None or self.reading is None:
@@ -119,6 +119,8 @@ class KvLink:
             return None, None, reach
         implied = int(-(self.slope or 0) * d)
         kv = self.kv_delta_bytes or 0
+        if not implied:
+            return False, 0, f"{subject} does not differ, so by {engine_name(self.engine)}'s rule it changes no KV"
         share = implied / kv if kv else None
         how = (f"by {engine_name(self.engine)}'s rule ({self.slope:.2f} x the change in {self.reading}) {subject} "
                f"{'+' if d > 0 else ''}{gib(d)} implies a KV delta of {gib(implied)}, measured {gib(kv)}"
