@@ -33,20 +33,25 @@ from memgap.sides import (
 # The memory figure each engine's rule reads, from memgap.sizing's docstrings.
 MEMORY_SOURCE = {
     "trtllm": "cudaMemGetInfo free (~MemFree on unified memory: page cache counts as used)",
-    "sglang": "cudaMemGetInfo free (~MemFree on unified memory)",
-    "vllm": "cudaMemGetInfo total; MemAvailable for the start-up check on integrated GPUs",
+    "sglang": "cudaMemGetInfo free (~MemFree on unified memory; newer releases read MemAvailable there)",
+    "vllm": "total x gpu_memory_utilization minus what grew while profiling, read from cudaMemGetInfo "
+            "(MemAvailable on Orin, Thor and Spark)",
     "llamacpp": "n_ctx (-c): memory is not read (MemAvailable only with --fit)",
 }
 ENGINE_NAMES = {"trtllm": "TensorRT-LLM", "sglang": "SGLang", "vllm": "vLLM", "llamacpp": "llama.cpp"}
 
-# Engines whose rule subtracts from a free-memory reading. On unified memory that
-# reading is host memory: cudaMemGetInfo answers about MemFree there, so page cache
-# counts as used. vLLM reads free memory only on integrated GPUs, and there it reads
-# MemAvailable (vllm/utils MemorySnapshot, for Orin, Thor and Spark), where page cache
-# counts as free: only what grew while it profiled lowers its KV cache.
+# Engines whose rule subtracts from a free-memory reading (vLLM only on unified memory).
+# On unified memory the reading is host memory, and which figure it is decides whether
+# page cache counts: cudaMemGetInfo answers about MemFree there (page cache counts as
+# used), MemAvailable counts it as free. TensorRT-LLM reads cudaMemGetInfo (the seed's
+# mechanism). vLLM reads MemAvailable on Orin, Thor and Spark (vllm MemorySnapshot) and
+# subtracts only what grew while it profiled. SGLang read cudaMemGetInfo, but newer
+# releases read MemAvailable on those GPUs too (sglang.srt.utils.get_available_gpu_memory),
+# so for it the answer depends on a version boundary not pinned down here: None.
 READS_FREE = frozenset({"trtllm", "sglang"})
 READS_FREE_ON_UNIFIED = frozenset({"vllm"})
 MEMFREE, MEMAVAILABLE, NO_HOST_READING = "MemFree", "MemAvailable", "no host reading"
+UNIFIED_READING: dict[str, str | None] = {"trtllm": MEMFREE, "sglang": None, "vllm": MEMAVAILABLE}
 # KV bytes per byte less of the reading: TensorRT-LLM keeps ``fraction`` of the free
 # memory; SGLang's ``free - total x (1 - f)`` and vLLM's ``total x u - non_kv`` lose one for one.
 SLOPES = {"sglang": 1.0, "vllm": 1.0}
@@ -67,7 +72,7 @@ def host_reading(engine: str | None, on_unified: bool | None) -> str | None:
             return None
         if not on_unified:
             return NO_HOST_READING
-        return MEMFREE if engine in READS_FREE else MEMAVAILABLE
+        return UNIFIED_READING.get(engine or "")
     return None
 
 
@@ -82,12 +87,16 @@ class KvLink:
     kv_delta_bytes: int | None
     kv_differs: bool | None
     threshold_bytes: int  # a material difference
+    on_unified: bool | None = None
 
     def reach(self, subject: str, lowers: frozenset[str]) -> str:
         """Whether the engine's rule sees a memory that lowers the readings in ``lowers``."""
         name = engine_name(self.engine)
         if self.engine is None:
             return "the two sides ran different engines: no one rule applies"
+        if self.reading is None and self.engine == "sglang" and self.on_unified:
+            return (f"SGLang reads cudaMemGetInfo (MemFree) or, in newer releases, MemAvailable on unified memory; "
+                    f"which one this version reads, and so whether it sees {subject}, is not known here")
         if self.reading is None:
             return (f"whether {name}'s rule sees {subject} depends on whether the GPU shares host memory, which "
                     "the records do not say")
@@ -140,7 +149,7 @@ def kv_link(a: Side, b: Side, rows: Sequence[Row], rule: Hypothesis) -> KvLink:
         slope = float(rule.numbers.get("fraction") or sizing.DEFAULT_FRACTIONS["trtllm-pytorch"])
     differs = None if kv.delta_bytes is None else material(kv.delta_bytes, scale(rows))
     return KvLink(engine, host_reading(engine, on_unified), slope, kv.delta_bytes, differs,
-                  material_bytes(scale(rows)))
+                  material_bytes(scale(rows)), on_unified)
 
 
 def _rule_kv(verdict: str, kv: Row, rows: Sequence[Row]) -> tuple[bool | None, str]:

@@ -286,6 +286,8 @@ def test_page_cache_explains_trtllm_kv_by_the_amount_its_rule_implies() -> None:
     ("trtllm", False, False),  # discrete GPU: cudaMemGetInfo reads device memory, not MemFree
     ("trtllm", None, None),  # the record does not say: cannot tell
     ("vllm", True, False),  # vLLM on unified memory reads MemAvailable, where page cache is free
+    ("sglang", True, None),  # MemFree or, in newer releases, MemAvailable: not pinned down
+    ("llamacpp", True, False),  # n_ctx decides
 ])
 def test_page_cache_reaches_kv_only_through_memfree(engine: str, unified: bool | None, explains: bool | None) -> None:
     a, b = _trt_mem("a01", peak_gib=70, cached_gib=3, unified=unified), _trt_mem("b02", peak_gib=74, cached_gib=7,
