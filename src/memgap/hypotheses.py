@@ -57,7 +57,8 @@ def _verdict(differs: bool) -> str:
 def _weighed(name: str, claim: str, evidence: str, numbers: Mapping[str, Any], differs: bool, link: KvLink,
              subject: str, d: int | None, lowers: frozenset[str]) -> Hypothesis:
     explains, implied, why = link.weigh(subject, d, lowers)
-    evidence += ". " + link.reach(subject, lowers)[:1].upper() + link.reach(subject, lowers)[1:]
+    reach = link.reach(subject, lowers)
+    evidence += ". " + reach[:1].upper() + reach[1:]
     return Hypothesis(name, claim, _verdict(differs), evidence, {**numbers, "kv_implied_delta_bytes": implied},
                       differs, explains, why)
 
@@ -111,8 +112,7 @@ def cgroup_accounting(a: Side, b: Side, rows: Sequence[Row], link: KvLink) -> Hy
         return Hypothesis(name, claim, NOT_MEASURED, "neither side carries cgroup readings (no cgroup of its own, "
                           "or engine-level numbers only): the charge was not measured")
     anon = (at(a, "ready", "process_anon_bytes"), at(b, "ready", "process_anon_bytes"))
-    excess = (delta((p, u)) for u, p in zip(usage, anon, strict=True))
-    ex_a, ex_b = excess
+    ex_a, ex_b = (delta((p, u)) for u, p in zip(usage, anon, strict=True))  # charge beyond the engine's anon
     limits = [_limit(s) for s in (a, b)]
     events = [_limit_events(s) for s in (a, b)]
     numbers = {"cgroup_usage_ready_a_bytes": usage[0], "cgroup_usage_ready_b_bytes": usage[1],
