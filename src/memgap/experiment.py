@@ -14,8 +14,10 @@ page_cache = "keep"                  # or "drop" before each run, where permitte
 pause_s = 2                          # and/or wait until below a temperature
 max_temperature_c = 70
 
-[engine]
+[engine]                             # the base run spec: engine, environment, workload,
+kind = "llamacpp"                    # sampler, timeouts and slo, as in a spec file
 ctx_size = 8192
+models = ["a.gguf", "b.gguf"]        # optional: an axis (llamacpp: model_path; others: model)
 
 [workload]
 requests = 8
@@ -46,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from memgap.envs import ENVIRONMENTS
 from memgap.errors import UsageError
 from memgap.report.metrics import BY_NAME
-from memgap.units import parse_size
+from memgap.spec import RunSpec, dotted, validation_errors
 
 DEFAULT_PRIMARY = ({"name": "kv_cache_bytes", "margin": 0}, {"name": "output_tokens_per_s", "margin": "10%"})
 
@@ -101,67 +103,12 @@ class CooldownSection(_Model):
     poll_s: float = Field(5.0, gt=0)
 
 
-class EngineSection(_Model):
-    name: Literal["llamacpp"] = "llamacpp"
-    models: list[str] = Field(default_factory=list)  # GGUF paths; empty: the embedded model
-    ctx_size: int = Field(8192, ge=1)
-    parallel: int = Field(4, ge=1)
-    threads: int | None = Field(None, ge=1)
-    mmap: bool = True
-    kv_type: str = "f16"
-    kv_unified: bool = False
-    server_path: str | None = None
-    extra_args: list[str] = Field(default_factory=list)
-
-    @field_validator("kv_type")
-    @classmethod
-    def _kv(cls, v: str) -> str:
-        from memgap.engines.llamacpp import KV_TYPES
-
-        if v not in KV_TYPES:
-            raise ValueError(f"{v!r} is not one of {', '.join(KV_TYPES)}")
-        return v
-
-
-class EngineOverrides(_Model):
-    ctx_size: int | None = Field(None, ge=1)
-    parallel: int | None = Field(None, ge=1)
-    threads: int | None = Field(None, ge=1)
-    mmap: bool | None = None
-    kv_type: str | None = None
-    kv_unified: bool | None = None
-    extra_args: list[str] | None = None
-
-
-class EnvironmentSection(_Model):
-    memory_limit: str | None = None  # the sandbox's cgroup limit, e.g. "512MiB"
-    container: dict[str, Any] = Field(default_factory=dict)  # docker/podman/chroot flags
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _limit(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_size(v, what="memory_limit")
-        return v
-
-
-class WorkloadSection(_Model):
-    api: Literal["completions", "chat"] = "completions"
-    requests: int = Field(32, ge=1)
-    concurrency: int = Field(4, ge=1)
-    request_rate_per_s: float | None = Field(None, gt=0)
-    arrival: Literal["constant", "poisson"] = "constant"
-    prompt_tokens: int = Field(128, ge=1)
-    output_tokens: int = Field(64, ge=1)
-    warmup_requests: int = Field(2, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
-    seed: int = 0
-
-
 class Variant(_Model):
+    """One set of cells: the base spec's engine and environment with these keys changed."""
+
     name: str = Field(min_length=1)
-    engine: EngineOverrides = EngineOverrides.model_validate({})
-    environment: EnvironmentSection | None = None
+    engine: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, Any] | None = None
 
 
 class PrimaryMetric(_Model):
@@ -191,11 +138,18 @@ class PrimaryMetric(_Model):
 
 
 class Experiment(_Model):
+    """A study: a base run spec (the sections ``engine``, ``environment``, ``workload``,
+    ``sampler``, ``timeouts`` and the key ``slo``, exactly as in a spec file) plus the axes
+    that vary: ``study.environments``, ``engine.models`` and ``[[variants]]``."""
+
     study: StudySection
     cooldown: CooldownSection = CooldownSection.model_validate({})
-    engine: EngineSection = EngineSection.model_validate({})
-    environment: EnvironmentSection = EnvironmentSection.model_validate({})
-    workload: WorkloadSection = WorkloadSection.model_validate({})
+    slo: str = ""
+    engine: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    workload: dict[str, Any] = Field(default_factory=dict)
+    sampler: dict[str, Any] = Field(default_factory=dict)
+    timeouts: dict[str, Any] = Field(default_factory=dict)
     variants: list[Variant] = Field(default_factory=list)
     metrics: list[PrimaryMetric] = Field(default_factory=lambda: [PrimaryMetric.model_validate(m) for m in DEFAULT_PRIMARY])
 
@@ -207,6 +161,34 @@ class Experiment(_Model):
         return self
 
     @property
+    def models(self) -> list[str]:
+        """The model axis (``engine.models``); empty: the engine's default model."""
+        return [str(m) for m in self.engine.get("models") or []]
+
+    def spec_dict(self, *, environment: str, variant: str | None = None, model: str | None = None) -> dict[str, Any]:
+        """The run spec of one cell, as a dict (``RunSpec.from_dict`` validates it)."""
+        engine = {k: v for k, v in self.engine.items() if k != "models"}
+        env = _environment_keys(self.environment)
+        for v in self.variants:
+            if v.name == variant:
+                engine.update(v.engine)
+                if v.environment is not None:
+                    env = {**env, **_environment_keys(v.environment)}
+        if model is not None:
+            kind = engine.get("kind", "llamacpp")
+            engine["model_path" if kind == "llamacpp" else "model"] = model
+        env["name"] = environment
+        if environment != "sandbox":  # the limit is the sandbox's own cgroup's
+            env.pop("memory_limit_bytes", None)
+        label = "/".join(p for p in (self.study.label, variant if self.variants else None) if p) or None
+        return {"engine": engine, "environment": env, "workload": self.workload, "sampler": self.sampler,
+                "timeouts": self.timeouts, "slo": self.slo, "label": label, "study_id": self.study_id}
+
+    def cell_spec(self, *, environment: str, variant: str | None = None, model: str | None = None) -> RunSpec:
+        return RunSpec.from_dict(self.spec_dict(environment=environment, variant=variant, model=model),
+                                 origin="experiment")
+
+    @property
     def study_id(self) -> str:
         return f"study:{self.study.name}"
 
@@ -215,7 +197,15 @@ class Experiment(_Model):
         (Cooldown, store and label are left out: changing them changes no run.)"""
         d = self.model_dump(mode="json")
         study = {k: v for k, v in d["study"].items() if k not in ("store", "label")}
-        return {**{k: v for k, v in d.items() if k not in ("cooldown", "study")}, "study": study}
+        out = {**{k: v for k, v in d.items() if k not in ("cooldown", "study")}, "study": study}
+        # The base spec with every default filled in, so a changed default is a change too.
+        spec = self.cell_spec(environment="sandbox").to_dict()
+        for section in ("engine", "environment", "workload", "sampler", "timeouts", "slo"):
+            out[section] = spec[section]
+        out["environment"] = {k: v for k, v in spec["environment"].items() if k != "name"}
+        if self.models:
+            out["engine"]["models"] = self.models
+        return out
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.plan_settings(), sort_keys=True).encode()
@@ -226,17 +216,25 @@ class Experiment(_Model):
         d = self.model_dump()
         d[section] = {**d[section], **values}
         try:
-            return Experiment.model_validate(d)
+            exp = Experiment.model_validate(d)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise UsageError(f"{_dotted(err['loc'])}: {err['msg']}") from None
+            loc, msg = validation_errors(e)[0]
+            raise UsageError(f"{_dotted(loc)}: {msg}") from None
+        errs = spec_errors(d)
+        if errs:
+            raise UsageError(f"{_dotted(errs[0][0])}: {errs[0][1]}")
+        return exp
+
+
+def _environment_keys(section: dict[str, Any]) -> dict[str, Any]:
+    env = dict(section)
+    if "memory_limit" in env:  # the older spelling
+        env["memory_limit_bytes"] = env.pop("memory_limit")
+    return env
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
-    return out
+    return dotted(loc)
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -290,22 +288,61 @@ def parse_experiment(text: str, *, origin: str = "<experiment>") -> Experiment:
         raise UsageError(f"{origin}: not valid TOML: {e}") from None
     if "study" not in doc:
         raise UsageError(f"{origin}: no [study] table (it needs at least: name = \"...\")")
-    try:
-        return Experiment.model_validate(doc)
-    except ValidationError as e:
-        lines = key_lines(text)
+    lines = key_lines(text)
+
+    def fail(errors: list[tuple[tuple[Any, ...], str]]) -> UsageError:
         msgs = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
+        for loc, msg in errors:
             line = _line_of(lines, loc)
-            where = f"{origin}:{line}" if line else origin
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (a typo?)"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            msgs.append(f"{where}: {_dotted(loc)}: {msg}")
-        raise UsageError("invalid experiment file:\n  " + "\n  ".join(msgs)) from None
+            msgs.append(f"{f'{origin}:{line}' if line else origin}: {_dotted(loc)}: {msg}")
+        return UsageError("invalid experiment file:\n  " + "\n  ".join(msgs))
+
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    try:
+        Experiment.model_validate(doc)
+    except ValidationError as e:
+        errors += validation_errors(e)
+    errors += spec_errors(doc, {_dotted(loc) for loc, _ in errors})
+    if errors:
+        raise fail(errors)
+    return Experiment.model_validate(doc)
+
+
+_SPEC_KEYS = ("engine", "environment", "workload", "sampler", "timeouts", "slo")
+
+
+def spec_errors(doc: dict[str, Any], seen: set[str] = frozenset()) -> list[tuple[tuple[Any, ...], str]]:  # type: ignore[assignment]
+    """The errors of every cell's run spec in an experiment document (not yet validated),
+    each at the key where it was written: the base sections, or the variant that changed it."""
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    bare = {k: v for k, v in doc.items() if k in _SPEC_KEYS}
+    bare["study"] = {"name": "check"}
+    raw = doc.get("variants")
+    raw_variants: list[Any] = raw if isinstance(raw, list) else []
+    bare["variants"] = [{k: v for k, v in rv.items() if k in ("engine", "environment")} | {"name": f"v{i}"}
+                        for i, rv in enumerate(raw_variants) if isinstance(rv, dict)]
+    try:
+        check = Experiment.model_validate(bare)
+    except ValidationError:
+        return errors  # a section's own type is wrong: reported by the model's validation
+    for i, v in [(None, None), *enumerate(check.variants)]:
+        try:
+            RunSpec.model_validate(check.spec_dict(environment="sandbox", variant=v.name if v else None))
+        except ValidationError as e:
+            errs = validation_errors(e)
+            if i is not None:
+                errs = [(("variants", i, *loc) if loc[:1] in (("engine",), ("environment",)) else loc, m)
+                        for loc, m in errs]
+                errs = [(loc, m) for loc, m in errs if loc[:1] == ("variants",)]  # base errors: once
+            errors += [(_unspell(loc), m) for loc, m in errs if _dotted(_unspell(loc)) not in seen]
+    return errors
+
+
+
+
+def _unspell(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A spec path back to how an experiment file may spell it (``memory_limit``)."""
+    return tuple("memory_limit" if p == "memory_limit_bytes" else p for p in loc)
 
 
 def load_experiment(path: Path) -> Experiment:

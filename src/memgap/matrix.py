@@ -52,7 +52,7 @@ class PlannedRun:
 
 
 def cells(exp: Experiment) -> list[Cell]:
-    models = exp.engine.models or [EMBEDDED_MODEL]
+    models = exp.models or [EMBEDDED_MODEL]
     variants = [v.name for v in exp.variants] or [BASE_VARIANT]
     return [Cell(m, v, e) for m in models for v in variants for e in exp.study.environments]
 

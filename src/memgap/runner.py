@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,15 +23,16 @@ import httpx
 
 from memgap.collect.cgroup import read_cgroup_memory
 from memgap.engines.base import Engine
+from memgap.engines.registry import make_engine
 from memgap.envs import LaunchSpec, RunningEngine, make_environment
 from memgap.envs.base import Environment
 from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
-from memgap.load.spec import WorkloadSpec
 from memgap.memory import memory_summary
-from memgap.sampler import Sampler, SamplerConfig
+from memgap.sampler import Sampler
 from memgap.series import MemorySeries
+from memgap.spec import RunSpec
 from memgap.store import Store
 from memgap.units import format_bytes
 
@@ -53,17 +54,16 @@ class _Silent:
         return None
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    environment: str
-    workload: WorkloadSpec
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    memory_limit_bytes: int | None = None
-    ready_timeout_s: float = 120.0
-    stop_timeout_s: float = 10.0
-    label: str | None = None
-    study_id: str | None = None
-    host: str = "127.0.0.1"
+@dataclass
+class RunOutcome:
+    """Everything one run produced, before it is stored: the record and the raw data
+    kept beside it. A Ray node returns this to the driver, which alone writes the store."""
+
+    record: dict[str, Any]
+    engine_log: str
+    requests: list[dict[str, Any]]
+    series: dict[str, Any] | None
+    interrupted: bool = False
 
 
 class EngineFailed(Exception):
@@ -199,23 +199,43 @@ def _cgroup_final(running: RunningEngine) -> dict[str, Any] | None:
 
 
 def execute_run(
-    config: RunConfig,
-    engine: Engine,
+    spec: RunSpec,
     store: Store,
     *,
+    engine: Engine | None = None,
     environment: Environment | None = None,
     observer: RunObserver | None = None,
 ) -> dict[str, Any]:
-    """Run once in one environment and commit the record. Returns the record."""
+    """Run ``spec`` once and commit its record (one transaction). Returns the record."""
+    outcome = perform_run(spec, engine=engine, environment=environment, observer=observer)
+    store.add_run(outcome.record, engine_log=outcome.engine_log, requests=outcome.requests, series=outcome.series)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    return outcome.record
+
+
+def perform_run(
+    spec: RunSpec,
+    *,
+    engine: Engine | None = None,
+    environment: Environment | None = None,
+    observer: RunObserver | None = None,
+) -> RunOutcome:
+    """Run ``spec`` once; nothing is stored. ``engine``/``environment``: already made
+    from the spec (the CLI checks them before the first run); made here otherwise."""
     obs = observer or _Silent()
-    env = environment or make_environment(config.environment, memory_limit_bytes=config.memory_limit_bytes)
+    config = spec
+    engine = engine or make_engine(spec.engine)
+    env = environment or make_environment(spec.environment)
     env.check()  # privileges and tools: a typed error before anything is created
     run_id = new_run_id()
     created_at = _now()
     model = engine.model()
     port = free_port(config.host)
     base_url = f"http://{config.host}:{port}"
-    command = engine.command(config.host, port)
+    scratch_dir = tempfile.TemporaryDirectory(prefix="memgap-scratch-")
+    command = engine.command(config.host, port, scratch=Path(scratch_dir.name))
+    environment_name = spec.environment.name
 
     failure: str | None = None
     interrupted = False
@@ -227,9 +247,9 @@ def execute_run(
     env_run_info: dict[str, Any] = {}
     log_text = ""
 
-    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp, scratch_dir:
         log_path = Path(tmp) / "engine.log"
-        obs.phase(config.environment, "starting engine")
+        obs.phase(environment_name, "starting engine")
         sampler: Sampler | None = None
         fetch = _metrics_fetcher(base_url + (engine.metrics_path() or "/metrics"))
         try:
@@ -243,16 +263,16 @@ def execute_run(
                 sampler.start()
                 sampler.mark("start")
                 try:
-                    ready_s = wait_ready(running, base_url + engine.health_path(), config.ready_timeout_s)
+                    ready_s = wait_ready(running, base_url + engine.health_path(), config.timeouts.ready_s)
                     sampler.mark("ready")
-                    obs.phase(config.environment, "workload")
+                    obs.phase(environment_name, "workload")
                     done = 0
 
                     def on_record(rec: RequestRecord) -> None:
                         nonlocal done
                         if not rec.warmup:
                             done += 1
-                        obs.request_done(config.environment, rec, done, config.workload.requests)
+                        obs.request_done(environment_name, rec, done, config.workload.requests)
 
                     workload_result = run_workload_sync(base_url, config.workload, on_record=on_record)
                     if running.poll() is not None:
@@ -263,13 +283,13 @@ def execute_run(
                 except KeyboardInterrupt:
                     interrupted = True
                     failure = "interrupted (Ctrl-C or SIGTERM)"
-                obs.phase(config.environment, "stopping engine")
+                obs.phase(environment_name, "stopping engine")
                 # A container's cgroup goes with the container: read it before stopping
                 # too, and keep the earlier reading where the later one finds it gone.
                 sampler.read_kernel_peaks()
                 kernel_peak = sampler.series.kernel_cgroup_peak_bytes
                 before_stop = _cgroup_final(running)
-                exit_status = running.stop(config.stop_timeout_s)
+                exit_status = running.stop(config.timeouts.stop_s)
                 sampler.read_kernel_peaks()
                 if sampler.series.kernel_cgroup_peak_bytes is None:
                     sampler.series.kernel_cgroup_peak_bytes = kernel_peak
@@ -325,23 +345,21 @@ def execute_run(
         command=list(command.argv),
         env_run_info=env_run_info,
     )
-    store.add_run(
-        record,
+    obs.phase(environment_name, f"done ({status})")
+    return RunOutcome(
+        record=record,
         engine_log=log_text,
         requests=[r.to_dict() for r in (workload_result.records if workload_result else ())],
         series=series.to_dict() if series is not None else None,
+        interrupted=interrupted,
     )
-    obs.phase(config.environment, f"done ({status})")
-    if interrupted:
-        raise KeyboardInterrupt
-    return record
 
 
 def build_record(
     *,
     run_id: str,
     created_at: str,
-    config: RunConfig,
+    config: RunSpec,
     engine: Engine,
     model_sha256: str,
     model_name: str,
@@ -373,7 +391,7 @@ def build_record(
         "label": config.label,
         "created_at": created_at,
         "finished_at": _now(),
-        "environment": config.environment,
+        "environment": config.environment.name,
         "environment_info": {**env.describe(), **(env_run_info or {})},
         "engine": engine.name,
         "engine_version": engine.version(),
@@ -390,6 +408,8 @@ def build_record(
         "workload": config.workload.to_dict(),
         "sampler": {"rate_hz": config.sampler.rate_hz, "smaps_interval_s": config.sampler.smaps_interval_s,
                     "full_rate_hz": min(config.sampler.full_rate_hz, config.sampler.rate_hz)},
+        # What produced this run, whole: `memgap rerun RUN_ID` runs it again.
+        "spec": config.to_dict(),
         "requests_ok": s.get("requests_ok", 0),
         "requests_errored": s.get("requests_errored", 0),
         "errors_by_kind": s.get("errors_by_kind", {}),

@@ -21,7 +21,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,24 +47,9 @@ from memgap.native_loop import (
     native_module,
 )
 from memgap.series import COLUMNS, SPARSE_COLUMNS, MemorySeries
+from memgap.spec import SamplerConfig
 
 _SHORT_WAIT_S = 0.05
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    rate_hz: float = 10.0
-    smaps_interval_s: float = 5.0
-    tree_refresh_s: float = 1.0
-    metrics_interval_s: float = 1.0
-    gpu_interval_s: float = 1.0
-    # The high-rate loop in memgap._fastsample's native thread (None: when it is built
-    # and the rate is above NATIVE_MIN_RATE_HZ; False: always the Python loop).
-    native: bool | None = None
-    # Native loop only: the breakdowns (/proc/meminfo, memory.stat, /proc/PID/status) are
-    # read at most this often; every tick reads the totals (the cgroup's usage, each
-    # process's resident memory from /proc/PID/statm). Marks always read everything.
-    full_rate_hz: float = 10.0
 
 
 GpuProcessReader = Callable[[], "Mapping[int, int | None] | str"]

@@ -18,14 +18,12 @@ import datetime as dt
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from memgap.engines.base import Engine
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.experiment import Experiment, plan_changes
-from memgap.load.spec import WorkloadSpec
 from memgap.matrix import (
     EMBEDDED_MODEL,
     Cell,
@@ -37,10 +35,10 @@ from memgap.matrix import (
 )
 from memgap.report.compare import baseline_first
 from memgap.report.metrics import BY_NAME
-from memgap.runner import RunConfig, RunObserver, execute_run
+from memgap.runner import RunObserver, execute_run
+from memgap.spec import RunSpec
 from memgap.stats import SequentialDesign, paired_differences, sequential_verdict
 from memgap.store import Store, StoredRun
-from memgap.units import parse_size
 
 INTERRUPTED_PREFIX = "interrupted"
 
@@ -51,57 +49,24 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def cell_spec(exp: Experiment, cell: Cell) -> RunSpec:
+    """The run spec of one cell: the experiment's base spec, the variant's changes, the
+    cell's model and environment."""
+    return exp.cell_spec(environment=cell.environment, variant=cell.variant if exp.variants else None,
+                         model=None if cell.model == EMBEDDED_MODEL else cell.model)
+
+
 def make_engine(exp: Experiment, model: str, variant: str) -> Engine:
-    from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+    from memgap.engines.registry import make_engine as registry_engine
 
-    e = exp.engine
-    opts: dict[str, Any] = {
-        "ctx_size": e.ctx_size, "parallel": e.parallel, "threads": e.threads, "mmap": e.mmap,
-        "kv_type": e.kv_type, "kv_unified": e.kv_unified, "extra_args": list(e.extra_args),
-    }
-    for v in exp.variants:
-        if v.name == variant:
-            opts.update({k: val for k, val in v.engine.model_dump().items() if val is not None})
-    opts["extra_args"] = tuple(opts["extra_args"])
-    return LlamaCppEngine(LlamaCppOptions(
-        model_path=None if model == EMBEDDED_MODEL else Path(model),
-        server_path=Path(e.server_path) if e.server_path else None,
-        **opts,
-    ))
-
-
-def _env_settings(exp: Experiment, variant: str) -> tuple[int | None, dict[str, Any]]:
-    section = exp.environment
-    for v in exp.variants:
-        if v.name == variant and v.environment is not None:
-            section = v.environment
-    limit = parse_size(section.memory_limit, what="memory_limit") if section.memory_limit else None
-    return limit, dict(section.container)
+    env = exp.study.environments[0]
+    return registry_engine(cell_spec(exp, Cell(model, variant, env)).engine)
 
 
 def make_env(exp: Experiment, cell: Cell) -> Environment:
-    from memgap.envs import ContainerOptions, make_environment
+    from memgap.envs import make_environment
 
-    limit, container = _env_settings(exp, cell.variant)
-    opts = None
-    if cell.environment in ("docker", "podman", "chroot"):
-        conv: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in container.items()}
-        if "rootfs" in conv and conv["rootfs"] is not None:
-            conv["rootfs"] = Path(conv["rootfs"])
-        try:
-            opts = ContainerOptions(**conv)
-        except TypeError as e:
-            raise UsageError(f"environment.container: {e}") from None
-    return make_environment(
-        cell.environment, memory_limit_bytes=limit if cell.environment == "sandbox" else None, container=opts
-    )
-
-
-def _label(exp: Experiment, cell: Cell) -> str | None:
-    """The study's label, and the variant's name when there are variants (so that
-    ``label=NAME`` selects one variant's runs)."""
-    parts = [p for p in (exp.study.label, cell.variant if exp.variants else None) if p]
-    return "/".join(parts) or None
+    return make_environment(cell_spec(exp, cell).environment)
 
 
 def open_study(store: Store, exp: Experiment, experiment_path: str | None) -> bool:
@@ -271,7 +236,6 @@ def run_study(
     auto = exp.study.iterations == "auto"
     engines: dict[tuple[str, str], Engine] = {}
     envs: dict[Cell, Environment] = {}
-    workload = WorkloadSpec(**exp.workload.model_dump())
     ran: list[str] = []
     first = not resumed
     for block in sorted({p.block for p in plan}):
@@ -301,12 +265,9 @@ def run_study(
                                   iteration=p.iteration, cell=cell.to_dict(), started_at=started, actions=actions)
             if on_run is not None:
                 on_run(p, "start")
-            limit, _ = _env_settings(exp, cell.variant)
-            cfg = RunConfig(environment=cell.environment, workload=workload,
-                            memory_limit_bytes=limit if cell.environment == "sandbox" else None,
-                            label=_label(exp, cell), study_id=exp.study_id)
             try:
-                record = execute(cfg, engine, store, environment=envs[cell], observer=observer)
+                record = execute(cell_spec(exp, cell), store, engine=engine, environment=envs[cell],
+                                 observer=observer)
             except (KeyboardInterrupt, Exception):
                 # Ctrl-C: the runner stored the cut-off run as failed; note it as interrupted.
                 reconcile(store, exp.study_id)

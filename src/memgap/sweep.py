@@ -29,13 +29,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from memgap.engines.base import Engine
+from memgap.engines.registry import make_engine
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import SLO, Goodput, goodput
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RunConfig, RunObserver, execute_run
+from memgap.runner import RunObserver, execute_run
+from memgap.spec import RunSpec
 from memgap.store import Store
 
 # How many requests a point sends per unit of concurrency when the caller sets no count:
@@ -350,7 +351,7 @@ def new_sweep_id() -> str:
 
 @dataclass(frozen=True)
 class SweepSettings:
-    base: RunConfig  # environment, sampler, limits; its workload is the base of every point's
+    base: RunSpec  # engine, environment, sampler, limits; its workload is the base of every point's
     slo: SLO = field(default_factory=SLO)
     requests: int | None = None  # per point; None: requests_per_concurrency x concurrency
     requests_per_concurrency: int = REQUESTS_PER_SLOT
@@ -360,22 +361,24 @@ class SweepSettings:
 def run_point(
     point: SweepPoint,
     settings: SweepSettings,
-    engine_for: Callable[[SweepPoint], Engine],
+    spec_for: Callable[[SweepPoint], RunSpec],
     store: Store,
     *,
     environment: Environment | None = None,
     observer: RunObserver | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
+    make: Callable[[Any], Any] = make_engine,
 ) -> dict[str, Any]:
     """One run at ``point``, stored like any run (study id = sweep id, point in the label);
     returns its row, read back from the store."""
-    cfg = replace(
-        settings.base,
-        workload=workload_for(point, settings.base.workload, settings.requests, settings.requests_per_concurrency),
+    spec = spec_for(point)
+    spec = spec.replace(
+        workload=workload_for(point, spec.workload, settings.requests, settings.requests_per_concurrency).to_dict(),
         label=f"{settings.sweep_id} {point.label}",
         study_id=settings.sweep_id,
+        slo=settings.slo.describe(),
     )
-    record = execute(cfg, engine_for(point), store, environment=environment, observer=observer)
+    record = execute(spec, store, engine=make(spec.engine), environment=environment, observer=observer)
     run_id = record["run_id"]
     requests = [request_from_row(r) for r in store.requests(run_id)]
     return point_row(point, record, requests, store.series(run_id), settings.slo)
@@ -384,19 +387,21 @@ def run_point(
 def run_sweep(
     points: Sequence[SweepPoint],
     settings: SweepSettings,
-    engine_for: Callable[[SweepPoint], Engine],
+    spec_for: Callable[[SweepPoint], RunSpec],
     store: Store,
     *,
     environment: Environment | None = None,
     observer: RunObserver | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
+    make: Callable[[Any], Any] = make_engine,
 ) -> list[dict[str, Any]]:
     """Every point in order; each run is committed when it ends, so an interrupted sweep
     keeps the points it finished."""
     rows = []
     for point in points:
-        row = run_point(point, settings, engine_for, store, environment=environment, observer=observer, execute=execute)
+        row = run_point(point, settings, spec_for, store, environment=environment, observer=observer, execute=execute,
+                        make=make)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -405,7 +410,7 @@ def run_sweep(
 
 def search_saturation(
     settings: SweepSettings,
-    engine_for: Callable[[SweepPoint], Engine],
+    spec_for: Callable[[SweepPoint], RunSpec],
     store: Store,
     *,
     concurrency: int,
@@ -418,6 +423,7 @@ def search_saturation(
     observer: RunObserver | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
+    make: Callable[[Any], Any] = make_engine,
 ) -> tuple[SaturationResult, list[dict[str, Any]]]:
     """The highest request rate at which at least ``attainment`` of the requests meet the
     SLOs, one stored run per rate tried."""
@@ -428,8 +434,8 @@ def search_saturation(
     rows: list[dict[str, Any]] = []
 
     def measure(rate: float) -> tuple[bool, dict[str, Any]]:
-        row = run_point(SweepPoint(concurrency, rate, ctx_size), settings, engine_for, store,
-                        environment=environment, observer=observer, execute=execute)  # fmt: skip
+        row = run_point(SweepPoint(concurrency, rate, ctx_size), settings, spec_for, store,
+                        environment=environment, observer=observer, execute=execute, make=make)  # fmt: skip
         rows.append(row)
         if on_row is not None:
             on_row(row)

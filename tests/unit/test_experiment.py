@@ -66,7 +66,7 @@ def test_fingerprint_ignores_cooldown_but_not_workload() -> None:
 
 def test_overrides_are_validated() -> None:
     exp = parse_experiment('[study]\nname = "s"\n')
-    assert exp.updated("workload", requests=4).workload.requests == 4
+    assert exp.updated("workload", requests=4).cell_spec(environment="native").workload.requests == 4
     with pytest.raises(UsageError, match="workload.requests"):
         exp.updated("workload", requests=0)
 

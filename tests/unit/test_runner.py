@@ -15,10 +15,10 @@ from memgap.load.spec import WorkloadSpec
 from memgap.runner import (
     DIED_BEFORE_READY,
     DIED_DURING_WORKLOAD,
-    RunConfig,
     describe_failure,
     execute_run,
 )
+from memgap.spec import RunSpec
 from memgap.store import Store
 
 
@@ -32,7 +32,7 @@ class ScriptedEngineDouble:
         self.model_path = tmp / "model.bin"
         self.model_path.write_bytes(b"weights")
 
-    def command(self, host: str, port: int) -> EngineCommand:
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
         return EngineCommand(argv=(sys.executable, "-c", self.code))
 
     def health_path(self) -> str:
@@ -56,10 +56,11 @@ class ScriptedEngineDouble:
         return parse_engine_log("llamacpp", text)
 
 
-def run(tmp_path: Path, code: str, **cfg: Any) -> dict[str, Any]:
-    config = RunConfig(environment="native", workload=WorkloadSpec(requests=1, warmup_requests=0), **cfg)
+def run(tmp_path: Path, code: str, ready_timeout_s: float = 120.0) -> dict[str, Any]:
+    config = RunSpec(workload=WorkloadSpec(requests=1, warmup_requests=0),
+                     timeouts={"ready_s": ready_timeout_s})  # type: ignore[arg-type]
     with Store(tmp_path / "s.db") as st:
-        rec = execute_run(config, ScriptedEngineDouble(code, tmp_path), st)
+        rec = execute_run(config, st, engine=ScriptedEngineDouble(code, tmp_path))
         assert [r.run_id for r in st.runs()] == [rec["run_id"]]
         assert st.engine_log(rec["run_id"]) is not None
     return rec

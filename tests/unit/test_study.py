@@ -13,7 +13,7 @@ import pytest
 from memgap.errors import UsageError
 from memgap.experiment import Experiment, parse_experiment
 from memgap.matrix import Cell, CooldownRecord
-from memgap.runner import RunConfig
+from memgap.spec import RunSpec
 from memgap.store import Store
 from memgap.study import run_study
 
@@ -43,14 +43,14 @@ class ExecuteDouble:
         self.die_at, self.commit_before_dying, self.interrupt_at = die_at, commit_before_dying, interrupt_at
         self.ids = (f"r{i:04d}" for i in itertools.count())
 
-    def __call__(self, cfg: RunConfig, engine: Any, store: Store, **kw: Any) -> dict[str, Any]:
+    def __call__(self, cfg: RunSpec, store: Store, **kw: Any) -> dict[str, Any]:
         self.calls += 1
         run_id = next(self.ids)
-        v = self.values[cfg.environment]
+        v = self.values[cfg.environment.name]
         val = v(self.calls) if callable(v) else v
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         rec = {"run_id": run_id, "study_id": cfg.study_id, "created_at": now, "finished_at": now,
-               "environment": cfg.environment, "engine": "double", "model": "m", "status": "ok",
+               "environment": cfg.environment.name, "engine": "double", "model": "m", "status": "ok",
                "failure": None, "output_tokens_per_s": val["tps"],
                "engine_report": {"kv_cache_bytes": val["kv"]}}
         if self.calls == self.die_at:
@@ -182,11 +182,16 @@ def test_command_line_overrides_the_file() -> None:
     from memgap.cli.run_study import apply_overrides
 
     exp = _exp("[workload]\nrequests = 8\n[environment]\ncontainer = { network = \"host\" }\n")
-    params = {"requests": 3, "env": ["native"], "model": Path("/m.gguf"), "memory": "1g", "output_tokens": 99}
-    out = apply_overrides(exp, params, {"requests", "env", "model", "memory"})
-    assert out.workload.requests == 3 and out.workload.output_tokens == exp.workload.output_tokens
-    assert out.study.environments == ["native"] and out.engine.models == ["/m.gguf"]
-    assert out.environment.container == {"network": "host", "memory": "1g"}
+    given = {"requests": 3, "env": ["native"], "model": Path("/m.gguf"), "memory": "1g", "sample_rate": 20.0,
+             "ready_timeout": 30.0, "slo": "ttft_s=1", "dataset": Path("/d.jsonl")}
+    out = apply_overrides(exp, given)
+    spec = out.cell_spec(environment="native", model=out.models[0])
+    assert spec.workload.requests == 3 and spec.workload.output_tokens == 64
+    assert out.study.environments == ["native"] and out.models == ["/m.gguf"]
+    assert spec.environment.container.network == "host" and spec.environment.container.memory == "1g"
+    # the four options an experiment file used to ignore
+    assert spec.sampler.rate_hz == 20.0 and spec.timeouts.ready_s == 30.0
+    assert spec.slo == "ttft_s=1" and spec.workload.dataset == "/d.jsonl"
     assert out.fingerprint() != exp.fingerprint()
 
 
@@ -229,7 +234,7 @@ def test_variants_are_compared_apart(tmp_path: Path) -> None:
     ex = ExecuteDouble(STEADY)
     orig = ex.__call__
 
-    def spy(cfg: RunConfig, *a: Any, **kw: Any) -> dict[str, Any]:
+    def spy(cfg: RunSpec, *a: Any, **kw: Any) -> dict[str, Any]:
         labels.append(cfg.label)
         return orig(cfg, *a, **kw)
 

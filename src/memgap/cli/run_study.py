@@ -14,68 +14,45 @@ from types import FrameType
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from memgap.errors import Interrupted
+from memgap.cli.spec_flags import apply_overrides as spec_overrides
+from memgap.cli.spec_flags import overrides_from_flags
+from memgap.errors import Interrupted, UsageError
 from memgap.experiment import Experiment, load_experiment
 from memgap.matrix import Cell, PlannedRun, plan_runs
+from memgap.spec import dotted, validation_errors
 from memgap.store import open_store
 from memgap.study import make_env, run_study
 
-# run option -> (experiment section, key); values pass through a converter where needed
-_OVERRIDES: dict[str, tuple[str, str]] = {
-    "env": ("study", "environments"),
-    "label": ("study", "label"),
-    "requests": ("workload", "requests"),
-    "concurrency": ("workload", "concurrency"),
-    "rate": ("workload", "request_rate_per_s"),
-    "arrival": ("workload", "arrival"),
-    "prompt_tokens": ("workload", "prompt_tokens"),
-    "output_tokens": ("workload", "output_tokens"),
-    "warmup": ("workload", "warmup_requests"),
-    "api": ("workload", "api"),
-    "request_timeout": ("workload", "timeout_s"),
-    "seed": ("workload", "seed"),
-    "ctx_size": ("engine", "ctx_size"),
-    "parallel": ("engine", "parallel"),
-    "threads": ("engine", "threads"),
-    "mmap": ("engine", "mmap"),
-    "kv_type": ("engine", "kv_type"),
-    "kv_unified": ("engine", "kv_unified"),
-    "model": ("engine", "models"),
-    "server_path": ("engine", "server_path"),
-    "engine_arg": ("engine", "extra_args"),
-    "memory_limit": ("environment", "memory_limit"),
-}
-_CONTAINER = {"image": "image", "rootfs": "rootfs", "memory": "memory", "memory_swap": "memory_swap",
-              "cgroup_parent": "cgroup_parent", "network": "network", "cpuset_cpus": "cpuset_cpus",
-              "privileged": "privileged", "shm_size": "shm_size", "ipc": "ipc", "ulimit": "ulimits",
-              "gpus": "gpus", "seed_flags": "seed_flags", "container_flag": "extra_flags"}
 
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    src = ctx.get_parameter_source(name)
-    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
-
-
-def apply_overrides(exp: Experiment, params: Mapping[str, Any], given: set[str]) -> Experiment:
-    by_section: dict[str, dict[str, Any]] = {}
-    for opt, (section, key) in _OVERRIDES.items():
-        if opt in given:
-            v = params[opt]
-            if opt == "model":
-                v = [str(v)]
-            elif isinstance(v, Path):
-                v = str(v)
-            by_section.setdefault(section, {})[key] = v
-    container = {key: (str(params[o]) if isinstance(params[o], Path) else params[o])
-                 for o, key in _CONTAINER.items() if o in given}
-    if container:
-        env = by_section.setdefault("environment", {})
-        env["container"] = {**exp.environment.container, **container}
-    for section, values in by_section.items():
-        exp = exp.updated(section, **values)
-    return exp
+def apply_overrides(exp: Experiment, given: Mapping[str, Any]) -> Experiment:
+    """The experiment with the flags given on the command line applied to its base spec
+    (the same flag -> spec path table as ``memgap run``), validated again."""
+    doc = exp.model_dump(mode="json")
+    if "env" in given:
+        doc["study"]["environments"] = list(given["env"])
+    if "label" in given:
+        doc["study"]["label"] = given["label"]
+    flags = {k: v for k, v in given.items() if k not in ("env", "label", "set_", "store", "as_json",
+                                                         "experiment", "spec_file", "print_spec")}
+    overrides = overrides_from_flags(flags, given.get("set_") or ())
+    if "engine.model" in overrides:
+        doc["engine"]["models"] = [overrides.pop("engine.model")[0]]
+    base = {k: doc[k] for k in ("engine", "environment", "workload", "sampler", "timeouts", "slo")}
+    if "memory_limit" in base["environment"]:
+        base["environment"]["memory_limit_bytes"] = base["environment"].pop("memory_limit")
+    models = base["engine"].pop("models", None)
+    spec_doc, _ = spec_overrides(base, overrides)
+    if models is not None:
+        spec_doc["engine"]["models"] = models
+    doc.update({k: spec_doc.get(k, doc[k]) for k in base})
+    try:
+        return Experiment.model_validate(doc)
+    except ValidationError as e:
+        loc, msg = validation_errors(e)[0]
+        raise UsageError(f"{dotted(loc)}: {msg}") from None
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -94,10 +71,14 @@ class _LineObserver:
         return None
 
 
-def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any]) -> int:
+def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], given: Mapping[str, Any]) -> int:
     exp = load_experiment(path)
-    given = {name for name in params if name not in ("ctx", "experiment") and _given(ctx, name)}
-    exp = apply_overrides(exp, params, given)
+    exp = apply_overrides(exp, given)
+    # the spec of every cell, checked now (flags may have changed it)
+    for env in exp.study.environments:
+        names: list[str | None] = [v.name for v in exp.variants] or [None]
+        for name in names:
+            exp.cell_spec(environment=env, variant=name)
     if "store" in given or not exp.study.store:
         store = Path(params["store"])
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -13,14 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from memgap.cli.run import _sigterm_as_interrupt
-from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
+from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.envs import ENVIRONMENTS, make_environment
 from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import parse_slo
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RunConfig
-from memgap.sampler import SamplerConfig
+from memgap.spec import LlamaCppSpec, RunSpec, VllmSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import (
     SweepPoint,
@@ -36,7 +36,10 @@ from memgap.sweep import (
     workload_for,
 )
 from memgap.sweep_html import render_html
-from memgap.units import format_seconds, parse_size
+from memgap.units import format_seconds
+
+# vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of this size.
+VLLM_SWEEP_BLOCK_SIZE = 16
 
 # llama.cpp pads each sequence's share of the context to 256 cells (measured: --ctx-size 192
 # --parallel 4 allocated 1024 cells), so a budget below 256 x slots is not what it asked for.
@@ -106,6 +109,25 @@ def knee_lines(k: dict[str, Any], x_label: str) -> list[str]:
     return out
 
 
+def with_kv_budget(base: RunSpec, tokens: int | None, per_request: int, parallel: str, kv_unified: bool) -> RunSpec:
+    """The base spec at one KV budget (tokens): llama.cpp's context size (and its slots,
+    'fit': as many as the budget holds whole requests), vLLM's block count."""
+    e = base.engine
+    if isinstance(e, VllmSpec):
+        if tokens is None:
+            return base
+        block = e.block_size or VLLM_SWEEP_BLOCK_SIZE
+        blocks = math.ceil(tokens / block)
+        extra = [a for a in e.extra_args if not a.startswith("--num-gpu-blocks-override")]
+        return base.replace(engine={**e.model_dump(mode="json"), "block_size": block,
+                                    "extra_args": [*extra, f"--num-gpu-blocks-override={blocks}"]})
+    assert isinstance(e, LlamaCppSpec)
+    ctx = tokens or e.ctx_size
+    slots = fit_parallel(ctx, per_request) if parallel == "fit" else int(parallel)
+    return base.replace(engine={**e.model_dump(mode="json"), "ctx_size": ctx, "parallel": slots,
+                                "kv_unified": kv_unified})
+
+
 def sweep_command(
     concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated (e.g. 1,2,4,8,16).")] = "1,2,4,8",
     rate: Annotated[str | None, typer.Option(help="Request rates per second to sweep instead (each at the largest --concurrency).")] = None,
@@ -129,6 +151,9 @@ def sweep_command(
     rate_low: Annotated[float, typer.Option(help="Saturation search: lowest rate.")] = 0.25,
     rate_high: Annotated[float, typer.Option(help="Saturation search: highest rate.")] = 16.0,
     saturation_steps: Annotated[int, typer.Option(help="Saturation search: bisection runs after the two bounds.")] = 3,
+    engine: Annotated[str | None, typer.Option("--engine", help="Engine: llamacpp (default) or vllm (its KV budget in tokens is set by --num-gpu-blocks-override).", show_default=False)] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Base run spec file (TOML or JSON): engine, environment, sampler; the sweep sets the load and the KV budget.", show_default=False)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Set any spec field by its path, repeatable: --set engine.max_model_len=512.", show_default=False)] = None,
     env: Annotated[str, typer.Option(help=f"Environment ({', '.join(ENVIRONMENTS)}).")] = "native",
     memory_limit: Annotated[str | None, typer.Option(help="Memory limit of the environment's cgroup, e.g. 512MiB.")] = None,
     threads: Annotated[int | None, typer.Option(help="Engine threads (default: all usable cores).")] = None,
@@ -171,27 +196,29 @@ def sweep_command(
         timeout_s=request_timeout, seed=seed, dataset=str(dataset) if dataset else None,
     )  # fmt: skip
     per_request = tokens_per_request(workload)
-    default_ctx = LlamaCppOptions().ctx_size
+    flags: dict[str, Any] = {"engine": engine, "threads": threads, "model": model, "server_path": server_path,
+                             "engine_arg": engine_arg, "memory_limit": memory_limit, "request_timeout": request_timeout}
+    doc = load_spec_file(spec_file).to_dict() if spec_file is not None else {}
+    doc, where = apply_overrides(doc, overrides_from_flags({k: v for k, v in flags.items() if v is not None},
+                                                           set_ or ()))
+    doc["environment"] = {**doc.get("environment", {}), "name": env}
+    doc["workload"] = workload.to_dict()
+    doc["sampler"] = {**doc.get("sampler", {}), "rate_hz": sample_rate, "metrics_interval_s": metrics_interval}
+    base = build_spec(doc, {**where, "environment.name": "--env"}, origin="sweep")
+    if base.engine.kind not in ("llamacpp", "vllm"):
+        raise UsageError(f"--engine {base.engine.kind}: sweeps set a KV budget for llamacpp and vllm only")
 
-    def options(point: SweepPoint) -> LlamaCppOptions:
-        ctx = point.ctx_size or default_ctx
-        slots = fit_parallel(ctx, per_request) if parallel == "fit" else int(parallel)
-        opts = LlamaCppOptions(model_path=model, ctx_size=ctx, parallel=slots, threads=threads, kv_unified=kv_unified,
-                               server_path=server_path, extra_args=tuple(engine_arg or ()))  # fmt: skip
-        opts.validate()
-        return opts
+    def options(point: SweepPoint) -> RunSpec:
+        return with_kv_budget(base, point.ctx_size, per_request, parallel, kv_unified)
 
     points = plan_points(conc, rates, budgets)
     for p in points:
         options(p)  # every point's engine options are valid before the first run starts
         workload_for(p, workload, requests, requests_per_concurrency)
-    limit = parse_size(memory_limit, what="--memory-limit") if memory_limit else None
-    environment = make_environment(env, memory_limit_bytes=limit)
+    environment = make_environment(base.environment)
     environment.check()
     settings = SweepSettings(
-        base=RunConfig(environment=environment.name, workload=workload,
-                       sampler=SamplerConfig(rate_hz=sample_rate, metrics_interval_s=metrics_interval),
-                       memory_limit_bytes=limit),  # fmt: skip
+        base=base,
         slo=slo_obj,
         requests=requests,
         requests_per_concurrency=requests_per_concurrency,
@@ -208,14 +235,15 @@ def sweep_command(
     try:
         with open_store(store) as st:
             err.print(f"memgap: sweep {settings.sweep_id}: {len(points)} points, {environment.name}", markup=False)
-            small = sorted({(o.ctx_size, o.parallel) for o in map(options, points) if o.ctx_size // o.parallel < LLAMACPP_MIN_SLOT_CELLS})
+            engines = [o.engine for o in map(options, points)]
+            small = sorted({(o.ctx_size, o.parallel) for o in engines
+                            if isinstance(o, LlamaCppSpec) and o.ctx_size // o.parallel < LLAMACPP_MIN_SLOT_CELLS})
             for ctx, slots in small:
                 err.print(f"memgap: note: ctx {ctx} over {slots} slots is {ctx // slots} cells each; llama.cpp gives a slot at "
                           f"least {LLAMACPP_MIN_SLOT_CELLS}, so its KV budget will be {LLAMACPP_MIN_SLOT_CELLS * slots} cells "
                           "(see kv_cache_tokens)", markup=False)  # fmt: skip
 
-            def engine_for(p: SweepPoint) -> LlamaCppEngine:
-                return LlamaCppEngine(options(p))
+            engine_for = options
 
             rows = run_sweep(points, settings, engine_for, st, environment=environment, observer=lines,
                              on_row=lines.row)  # fmt: skip

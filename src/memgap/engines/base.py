@@ -36,7 +36,10 @@ class EngineCommand:
 class Engine(Protocol):
     name: str
 
-    def command(self, host: str, port: int) -> EngineCommand: ...
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
+        """``scratch``: a folder of the run's own (removed with it) for the engine's
+        temporary files and caches."""
+        ...
 
     def health_path(self) -> str: ...
 

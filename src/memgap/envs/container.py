@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from memgap.errors import EnvironmentUnavailable, MemgapError, PrivilegeError, UsageError
+from memgap.spec import ContainerSpec
 from memgap.units import parse_reported_size, parse_size
 
 LABEL_RUN = "memgap.run"
@@ -30,43 +31,7 @@ SEED_FLAGS = ("--ipc=host", "--ulimit", "memlock=-1", "--ulimit", "stack=6710886
 SEED_SHM_SIZE = "1g"
 
 
-@dataclass(frozen=True)
-class ContainerOptions:
-    """Flags of a container run, settable from the command line and recorded with it."""
-
-    image: str | None = None  # None: memgap's own rootfs (host /usr + engine paths, read-only)
-    rootfs: Path | None = None  # podman --rootfs / chroot: a root filesystem folder
-    network: str = "host"  # host: the workload reaches 127.0.0.1:PORT; else ports are published
-    memory: str | None = None  # --memory, as the user wrote it (512m, 1g, 536870912)
-    memory_swap: str | None = None  # --memory-swap (-1: unlimited)
-    cgroup_parent: str | None = None
-    cpuset_cpus: str | None = None
-    privileged: bool = False
-    shm_size: str | None = None
-    ipc: str | None = None
-    ulimits: tuple[str, ...] = ()
-    gpus: str | None = None  # "all" etc. (docker --gpus; podman --device nvidia.com/gpu=all)
-    seed_flags: bool = False  # the seed's set: --ipc=host --shm-size --ulimit memlock/stack
-    extra_flags: tuple[str, ...] = ()  # passed to `run` as is, before the image
-
-    def validate(self) -> None:
-        for name, value in (("--memory", self.memory), ("--shm-size", self.shm_size)):
-            if value is not None:
-                docker_size_bytes(value, what=name)
-        if self.memory_swap is not None and self.memory_swap != "-1":
-            docker_size_bytes(self.memory_swap, what="--memory-swap")
-        if self.network == "none":
-            raise UsageError("--network none: the workload could not reach the engine (use host or a bridge network)")
-        for u in self.ulimits:
-            if "=" not in u:
-                raise UsageError(f"--ulimit {u!r}: expected NAME=SOFT[:HARD], e.g. memlock=-1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["rootfs"] = str(self.rootfs) if self.rootfs else None
-        d["ulimits"] = list(self.ulimits)
-        d["extra_flags"] = list(self.extra_flags)
-        return d
+ContainerOptions = ContainerSpec  # the flags live in the run spec
 
 
 def docker_size_bytes(text: str, *, what: str = "size") -> int:

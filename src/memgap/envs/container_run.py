@@ -280,7 +280,6 @@ class ContainerEnvironment(Environment):
 
     def __init__(self, options: ContainerOptions | None = None, cli: ContainerCli | None = None) -> None:
         self.options = options or ContainerOptions()
-        self.options.validate()
         self.cli = cli or ContainerCli(self.tool)
         self.name = self.tool
         self._versions: dict[str, str | None] = {}

@@ -30,7 +30,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "record_version", "run_id", "study_id", "label", "created_at", "finished_at",
     "environment", "environment_info", "engine", "engine_version", "engine_options",
     "engine_command", "model", "model_sha256", "model_size_bytes", "status", "failure",
-    "failure_log_tail", "ready_s", "engine_exit_status", "workload", "sampler",
+    "failure_log_tail", "ready_s", "engine_exit_status", "workload", "sampler", "spec",
     "requests_ok", "requests_errored", "errors_by_kind", "output_tokens",
     "output_tokens_per_s", "request_throughput_per_s", "workload_duration_s",
     "token_count_mismatches", "prefix_cache", "prompt_cache_hits", "ttft_s", "itl_s", "e2e_s", "queue_delay_s",

@@ -14,7 +14,7 @@ from memgap.cli.main import main
     [
         (["--env", "bogus"], "unknown environment 'bogus'"),
         (["--env", "native", "--env", "native"], "each environment once"),
-        (["--memory-limit", "12zz"], "--memory-limit: unknown unit"),
+        (["--memory-limit", "12zz"], "--memory-limit (environment.memory_limit_bytes): unknown unit"),
         (["--env", "native", "--memory-limit", "1GiB"], "--memory-limit needs an environment with its own cgroup"),
         (["--requests", "0"], "requests"),
         (["--kv-type", "f8"], "--kv-type"),

@@ -13,7 +13,7 @@ import memgap.cli.sweep as cli_sweep
 from memgap import sweep as sweep_mod
 from memgap.cli.main import main
 from memgap.load.records import RequestRecord
-from memgap.runner import RunConfig
+from memgap.spec import RunSpec
 from memgap.store import Store, open_store
 from memgap.sweep_html import render_html
 
@@ -28,7 +28,7 @@ class FakeRuns:
     def __init__(self) -> None:
         self.options: list[Any] = []
 
-    def __call__(self, cfg: RunConfig, engine: Any, store: Store, **kw: Any) -> dict[str, Any]:
+    def __call__(self, cfg: RunSpec, store: Store, *, engine: Any, **kw: Any) -> dict[str, Any]:
         opts = engine.opts if hasattr(engine, "opts") else engine.options_obj
         self.options.append(opts)
         c = cfg.workload.concurrency
@@ -41,7 +41,7 @@ class FakeRuns:
         run_id = f"r{len(self.options)}"
         waiting = float(max(0, c - opts.parallel))
         record = {
-            "run_id": run_id, "created_at": "2026-11-27T00:00:00", "status": "ok", "environment": cfg.environment,
+            "run_id": run_id, "created_at": "2026-11-27T00:00:00", "status": "ok", "environment": cfg.environment.name,
             "engine": "llama.cpp", "label": cfg.label, "study_id": cfg.study_id, "workload_duration_s": dur,
             "requests_ok": n, "requests_errored": 0, "output_tokens_per_s": 8 * n / dur,
             "request_throughput_per_s": n / dur, "ttft_s": {"p50": reqs[0].ttft_s}, "e2e_s": {"p50": reqs[0].e2e_s},
@@ -62,10 +62,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
         def __init__(self, opts: Any) -> None:
             self.opts = opts
 
-    monkeypatch.setattr(cli_sweep, "LlamaCppEngine", Engine)
     real_run, real_search = sweep_mod.run_sweep, sweep_mod.search_saturation
-    monkeypatch.setattr(cli_sweep, "run_sweep", lambda *a, **k: real_run(*a, **k, execute=runs))
-    monkeypatch.setattr(cli_sweep, "search_saturation", lambda *a, **k: real_search(*a, **k, execute=runs))
+    monkeypatch.setattr(cli_sweep, "run_sweep", lambda *a, **k: real_run(*a, **k, execute=runs, make=Engine))
+    monkeypatch.setattr(cli_sweep, "search_saturation", lambda *a, **k: real_search(*a, **k, execute=runs, make=Engine))
     return runs
 
 

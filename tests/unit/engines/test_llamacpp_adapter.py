@@ -14,6 +14,7 @@ from memgap.engines.llamacpp import (
     find_server,
 )
 from memgap.errors import EngineNotFound, UsageError
+from memgap.spec import RunSpec
 
 
 def fake_server(tmp: Path, help_text: str) -> Path:
@@ -74,15 +75,15 @@ def test_older_builds_get_no_mmap(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("opts", "msg"),
     [
-        ({"ctx_size": 0}, "--ctx-size"),
-        ({"parallel": -1}, "--parallel"),
-        ({"threads": 0}, "--threads"),
-        ({"kv_type": "f8"}, "--kv-type"),
+        ({"ctx_size": 0}, r"engine\.ctx_size"),
+        ({"parallel": -1}, r"engine\.parallel"),
+        ({"threads": 0}, r"engine\.threads"),
+        ({"kv_type": "f8"}, r"engine\.kv_type"),
     ],
 )
 def test_bad_options(opts: dict[str, object], msg: str) -> None:
     with pytest.raises(UsageError, match=msg):
-        LlamaCppOptions(**opts).validate()  # type: ignore[arg-type]
+        RunSpec.from_dict({"engine": opts})
 
 
 def test_missing_model_and_server(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from memgap.engines.sglang import SglangEngine, SglangOptions
+from memgap.engines.sglang import SglangEngine
 from memgap.errors import UsageError
+from memgap.spec import RunSpec
+from memgap.spec import SglangSpec as SglangOptions
 
 GiB = 1 << 30
 
@@ -38,10 +40,12 @@ def test_command() -> None:
 
 
 def test_bad_options() -> None:
-    with pytest.raises(UsageError):
-        SglangEngine(SglangOptions(model="m", mem_fraction_static=0))
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"engine\.mem_fraction_static"):
+        RunSpec.from_dict({"engine": {"kind": "sglang", "model": "m", "mem_fraction_static": 0}})
+    with pytest.raises(UsageError, match="kv_cache_dtype"):
         SglangEngine(SglangOptions(model="m", kv_cache_dtype="q4_0"))
+    with pytest.raises(UsageError, match="engine.model"):
+        SglangEngine(SglangOptions())
 
 
 def test_recorded_log() -> None:

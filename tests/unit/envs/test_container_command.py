@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from memgap.envs.container import (
     SEED_FLAGS,
@@ -148,13 +149,13 @@ def test_docker_sizes_scale_by_binary_units(n: int, unit: str) -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(UsageError):
-        ContainerOptions(memory="lots").validate()
-    with pytest.raises(UsageError):
-        ContainerOptions(network="none").validate()
-    with pytest.raises(UsageError):
-        ContainerOptions(ulimits=("memlock",)).validate()
-    ContainerOptions(memory="1g", memory_swap="-1", shm_size="64m").validate()
+    with pytest.raises(ValidationError, match="memory"):
+        ContainerOptions(memory="lots")
+    with pytest.raises(ValidationError, match="network"):
+        ContainerOptions(network="none")
+    with pytest.raises(ValidationError, match="ulimits"):
+        ContainerOptions(ulimits=("memlock",))
+    ContainerOptions(memory="1g", memory_swap="-1", shm_size="64m")
 
 
 def test_options_are_recorded_as_plain_json() -> None:

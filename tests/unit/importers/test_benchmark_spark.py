@@ -63,7 +63,8 @@ def test_failed_run_and_missing_figures_are_none() -> None:
 
 def test_record_has_the_same_top_level_keys_as_memgap_runs() -> None:
     from memgap.load.spec import WorkloadSpec
-    from memgap.runner import RunConfig, build_record
+    from memgap.runner import build_record
+    from memgap.spec import RunSpec
 
     class Eng:
         name = "llamacpp"
@@ -78,7 +79,7 @@ def test_record_has_the_same_top_level_keys_as_memgap_runs() -> None:
         def describe(self) -> dict[str, Any]:
             return {}
 
-    own = build_record(run_id="x", created_at="t", config=RunConfig(environment="native", workload=WorkloadSpec()),
+    own = build_record(run_id="x", created_at="t", config=RunSpec(workload=WorkloadSpec()),
                        engine=Eng(), model_sha256="0", model_name="m", model_size_bytes=1, env=Env(),  # type: ignore[arg-type]
                        status="ok", failure=None, log_tail_text=None, ready_s=1.0, exit_status=0,
                        cgroup_final=None, report={}, summary=None, memory=None, command=[])
