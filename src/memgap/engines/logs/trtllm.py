@@ -28,14 +28,15 @@ Format strings, from NVIDIA/TensorRT-LLM:
 The PyTorch backend first allocates a small temporary KV cache to profile with, then
 the real one: both print ``[MemUsageChange] Allocated``, so the last such line is the
 KV cache. C++ lines carry ``[TensorRT-LLM][INFO] ``, Python ones
-``[12/20/2025-04:21:10] [TRT-LLM] [I] ``."""
+``[12/20/2025-04:21:10] [TRT-LLM] [I] `` (``[TRT-LLM] [RANK 1] [I]`` on other ranks,
+which are skipped: each rank repeats its own per-device figures)."""
 
 from __future__ import annotations
 
 import re
 
 from memgap.engines.logs._found import Found
-from memgap.engines.logs._text import NUM, GiB, iter_lines, to_bytes, to_float, to_int
+from memgap.engines.logs._text import NUM, GiB, iter_lines, other_rank, to_bytes, to_float, to_int
 from memgap.engines.report import EngineReport
 
 ENGINE = "trtllm"
@@ -47,6 +48,18 @@ SIGNATURES = (
     re.compile(r"Peak memory during memory usage profiling"),
 )
 
+# The figures each runtime's start-up prints. "pytorch": the PyTorch backend (the
+# default since 1.0), which profiles and then sizes the cache from the Peak line;
+# "cpp": a TensorRT engine run by the C++ executor, which sizes from free memory.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "pytorch": ("peak_bytes", "kv_available_bytes", "kv_cache_bytes", "kv_cache_tokens",
+                "model_bytes", "device_total_bytes", "kv_fraction"),
+    "cpp": ("device_total_bytes", "free_at_sizing_bytes", "kv_cache_bytes", "kv_cache_tokens"),
+}
+DEFAULT_VARIANT = "pytorch"
+
+# _torch/pyexecutor/_util.py (see the module docstring for its four endings); the
+# oldest divides by (1 << 30), later ones by GB = 1 << 30.
 _PEAK_RE = re.compile(rf"Peak memory during memory usage profiling[^:]*: ({NUM}) ?GiB")
 _AVAIL_RE = re.compile(rf"available KV cache memory when calculating max tokens: ({NUM}) ?GiB")
 _FRACTION_RE = re.compile(rf"fraction is set ({NUM})")
@@ -62,9 +75,17 @@ _ALLOC_RE = re.compile(rf"Allocated ({NUM}) ?GiB for max tokens in paged KV cach
 _CALC_RE = re.compile(
     rf"Memory usage when calculating max tokens in paged kv cache: total: ({NUM}) ?GiB, available: ({NUM}) ?GiB"
 )
-_BLOCKS_RE = re.compile(r"Number of blocks in KV cache primary pool: (\d+)")
+# kvCacheManager.cpp: "Number of blocks in KV cache primary pool: %d"; newer builds:
+# "Max KV cache blocks per sequence: %d [window size=%d], tokens per block=%d, primary
+# blocks=%d, secondary blocks=%d, max sequence length=%d".
+_BLOCKS_RE = re.compile(r"Number of blocks in KV cache primary pool: (\d+)|\bprimary blocks=(\d+)")
 _PER_BLOCK_RE = re.compile(r"Number of tokens per block: (\d+)")
 _PREFETCH_RE = re.compile(rf"Prefetching ({NUM}) ?GB checkpoint files")
+
+# Lines only the PyTorch backend prints (its sizing, from _util.py).
+_PYTORCH_ONLY_RE = re.compile(
+    r"Peak memory during memory usage profiling|in memory usage profiling|Estimated max (?:memory|tokens) in KV cache"
+)
 
 # trtllm-bench report lines: (pattern, extra key, unit factor)
 _BENCH: tuple[tuple[re.Pattern[str], str, float], ...] = (
@@ -83,7 +104,12 @@ _BENCH_VERSION_RE = re.compile(r"^TensorRT[- ]LLM Version:\s*(\S+)")
 def parse(text: str) -> EngineReport:
     f = Found()
     allocations = 0
+    variant: str | None = None
+    found = False
     for line in iter_lines(text):
+        if other_rank(line):
+            continue
+        before = len(f.evidence)
         if m := _PEAK_RE.search(line):
             f.fig("peak_bytes", to_bytes(m.group(1), GiB), line)
         if m := _AVAIL_RE.search(line):
@@ -116,11 +142,14 @@ def parse(text: str) -> EngineReport:
             f.fig_once("device_total_bytes", to_bytes(m.group(1), GiB), line)
             f.note("free_at_sizing_bytes", to_bytes(m.group(2), GiB), line)
         if m := _BLOCKS_RE.search(line):
-            f.fig("kv_cache_blocks", to_int(m.group(1)), line)
+            f.fig("kv_cache_blocks", to_int(m.group(1) or m.group(2)), line)
         if m := _PER_BLOCK_RE.search(line):
             f.note("tokens_per_block", to_int(m.group(1)), line)
         if m := _PREFETCH_RE.search(line):
             f.note("prefetch_bytes", to_bytes(m.group(1), GiB), line)
+        if len(f.evidence) > before:
+            found = True
+            variant = _variant(variant, line)
         _bench_line(f, line)
     if "kv_fraction" not in f.figures and isinstance(f.extra.get("kv_memory_percent"), float):
         f.figures["kv_fraction"] = float(f.extra["kv_memory_percent"]) / 100
@@ -132,7 +161,22 @@ def parse(text: str) -> EngineReport:
         avail = f.extra["kv_available_bytes"]
         if isinstance(avail, int):
             f.figures["kv_cache_bytes"] = avail
-    return f.report(ENGINE)
+    # The benchmark summary is evidence too, but not a memory line: found_any says
+    # whether any start-up memory line was there.
+    if found and variant is None:  # only lines both runtimes print: say the default
+        variant = DEFAULT_VARIANT
+    return f.report(ENGINE).with_coverage(
+        EXPECTED[variant or DEFAULT_VARIANT], variant=variant, found_any=found
+    )
+
+
+def _variant(current: str | None, line: str) -> str | None:
+    """PyTorch-backend lines decide; C++ sizing lines alone mean the C++ executor."""
+    if current == "pytorch" or _PYTORCH_ONLY_RE.search(line):
+        return "pytorch"
+    if _CALC_RE.search(line):
+        return "cpp"
+    return current
 
 
 def _bench_line(f: Found, line: str) -> None:

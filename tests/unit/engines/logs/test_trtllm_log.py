@@ -4,6 +4,8 @@ cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp (C++ lines)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from memgap.engines.logs import detect_engine, parse_engine_log
@@ -131,3 +133,75 @@ def test_old_trtllm_bench_statistics_block() -> None:
     assert r.extra["output_throughput"] == pytest.approx(23405.927228471104)
     assert r.extra["total_latency_s"] == pytest.approx(16.406100739)
     assert r.kv_fraction == pytest.approx(0.99)
+
+
+# --- fixtures (tests/fixtures/logs/README.md says how each was made)
+
+FIXTURES = Path(__file__).parents[3] / "fixtures" / "logs"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_cpp_executor_fixture() -> None:
+    r = parse_engine_log("trtllm", fixture("trtllm-cpp-executor-rebuilt.log"))
+    assert r.log_variant == "cpp" and r.found_any and r.missing == ()
+    # "Memory usage when calculating max tokens in paged kv cache: total: 79.10 GiB, available: 70.48 GiB"
+    assert r.device_total_bytes == round(79.10 * GiB)
+    assert r.extra["free_at_sizing_bytes"] == round(70.48 * GiB)
+    assert r.kv_cache_blocks == 8119
+    assert r.extra["tokens_per_block"] == 64
+    # "[MemUsageChange] Allocated 63.43 GiB for max tokens in paged KV cache (519616)."
+    assert r.kv_cache_bytes == round(63.43 * GiB)
+    assert r.kv_cache_tokens == 519_616
+    assert r.peak_bytes is None and r.kv_fraction is None
+
+
+def test_older_pytorch_backend_with_two_ranks_fixture() -> None:
+    r = parse_engine_log("trtllm", fixture("trtllm-pytorch-tp2-kvsizeis-rebuilt.log"))
+    assert r.log_variant == "pytorch"
+    assert r.peak_bytes == round(35.12 * GiB)  # rank 0's; [RANK 1] says 35.15
+    assert r.extra["kv_available_bytes"] == round(39.75 * GiB)
+    assert r.kv_fraction == pytest.approx(0.9)
+    assert r.extra["kv_bytes_per_token"] == 131_072
+    assert r.model_bytes == round(30.71 * GiB)
+    assert r.extra["outside_torch_bytes"] == round(1.47 * GiB)
+    assert r.extra["estimated_kv_tokens"] == 325_638
+    # the last allocation is the real cache, not the 0.19 GiB (1536 tokens) profiling one
+    assert r.kv_cache_bytes == round(39.75 * GiB)
+    assert r.kv_cache_tokens == 325_632
+    # this release's Peak line stops before "device total memory"
+    assert r.device_total_bytes is None and r.missing == ("device_total_bytes",)
+    assert not any("[RANK 1]" in e for e in r.evidence)
+
+
+def test_seed_fixture_is_complete() -> None:
+    r = parse_engine_log("trtllm", fixture("native/trtllm-bench-deepseek.log"))
+    assert r.log_variant == "pytorch" and r.missing == ()
+    assert r.peak_bytes == round(70.05 * GiB)
+    assert r.kv_cache_bytes == round(44.68 * GiB)
+
+
+def test_newer_cpp_blocks_line() -> None:
+    # kvCacheManager.cpp, newer builds: "Max KV cache blocks per sequence: %d [window size=%d],
+    # tokens per block=%d, primary blocks=%d, secondary blocks=%d, max sequence length=%d"
+    line = CPP + ("Max KV cache blocks per sequence: 256 [window size=16384], tokens per block=64, "
+                  "primary blocks=61848, secondary blocks=0, max sequence length=16384")
+    assert parse_engine_log("trtllm", line).kv_cache_blocks == 61848
+
+
+def test_allocation_line_without_final_period() -> None:
+    line = CPP + "[MemUsageChange] Allocated 16.05 GiB for max tokens in paged KV cache (263008)"
+    r = parse_engine_log("trtllm", line)
+    assert r.kv_cache_bytes == round(16.05 * GiB) and r.kv_cache_tokens == 263_008
+    assert r.found_any and r.log_variant == "pytorch"  # lines both runtimes print: the default
+
+
+def test_benchmark_report_alone_is_not_a_memory_log() -> None:
+    report = "Request Throughput (req/sec):                     0.9308\nKV Memory Percentage:   90.00%"
+    r = parse_engine_log("trtllm", report)
+    assert r.extra["request_throughput"] == pytest.approx(0.9308)
+    assert not r.found_any and r.log_variant is None
+    assert r.missing == ("peak_bytes", "kv_available_bytes", "kv_cache_bytes", "kv_cache_tokens",
+                         "model_bytes", "device_total_bytes")  # kv_fraction came from the report
