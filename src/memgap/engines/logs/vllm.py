@@ -244,11 +244,15 @@ def parse(text: str) -> EngineReport:
     pool = f.extra.get("cuda_graph_pool_bytes")
     if "compute_bytes" not in f.figures and isinstance(pool, int):
         f.figures["compute_bytes"] = pool
+    # Every line kept as evidence here is a memory line; one that names no platform
+    # (a concurrency or graph line alone) counts for the default.
+    if f.evidence and variant is None:
+        variant = DEFAULT_VARIANT
     if variant == "gpu" and cpu_hint:
         variant = "cpu"
     report = replace(f.report(ENGINE), refusal=refusal)
     return report.with_coverage(
-        EXPECTED[variant or DEFAULT_VARIANT], variant=variant, found_any=variant is not None
+        EXPECTED[variant or DEFAULT_VARIANT], variant=variant, found_any=bool(f.evidence)
     )
 
 

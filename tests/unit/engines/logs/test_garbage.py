@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memgap.engines.logs import ENGINES, detect_engine, parse_engine_log
+from memgap.engines.logs import _MODULES, ENGINES, detect_engine, parse_engine_log
 
 _FIGURES = ("model_bytes", "peak_bytes", "kv_cache_bytes", "kv_cache_tokens", "kv_cache_blocks",
             "kv_fraction", "device_total_bytes", "compute_bytes")
@@ -30,7 +30,22 @@ def test_never_raises_and_finds_nothing_in_garbage(engine: str, text: str) -> No
     r = parse_engine_log(engine, text)
     assert all(getattr(r, name) is None for name in _FIGURES)
     assert r.kv_caches == ()
+    # A miss is visible: nothing found, and (for engines that declare their lines) every
+    # figure the engine's log should carry is named as missing.
+    assert not r.found_any and r.refusal is None
+    if engine in ("vllm", "sglang", "trtllm"):
+        assert r.missing == _MODULES[engine].EXPECTED[_MODULES[engine].DEFAULT_VARIANT]
     r.to_dict()
+
+
+def test_a_parser_that_crashes_still_reports_a_visible_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(text: str) -> None:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(_MODULES["vllm"], "parse", boom)
+    r = parse_engine_log("vllm", "Available KV cache memory: 1.00 GiB")
+    assert r.engine == "vllm" and not r.found_any
+    assert r.missing == _MODULES["vllm"].EXPECTED["gpu"]
 
 
 @settings(max_examples=100, deadline=None)
