@@ -30,13 +30,13 @@ from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
 from memgap.memory import memory_summary
+from memgap.record import RECORD_VERSION, RunRecord
 from memgap.sampler import Sampler
 from memgap.series import MemorySeries
 from memgap.spec import RunSpec
 from memgap.store import Store
 from memgap.units import format_bytes
 
-RECORD_VERSION = 1  # the run record's own layout; bump with the store's schema
 LOG_TAIL_LINES = 30
 
 
@@ -384,7 +384,7 @@ def build_record(
         return {k: p.get(k) for k in ("p50", "p90", "p99", "mean", "n")}
 
     mem = memory or {}
-    return {
+    return RunRecord.model_validate({
         "record_version": RECORD_VERSION,
         "run_id": run_id,
         "study_id": config.study_id,
@@ -430,4 +430,4 @@ def build_record(
         "memory": mem,
         "cgroup_final": cgroup_final,
         "host": host_facts(),
-    }
+    }).to_dict()

@@ -8,6 +8,9 @@ every older version):
        (one row per attempt at a planned run: started / finished / interrupted, the
        run it produced, cooldown and page-cache actions) so a study can resume
        (2026-11). Version-1 stores gain the two empty tables.
+  3 -- requests gain cached_prompt_tokens, finish_reason and max_tokens (every field of
+       memgap.load.records.RequestRecord is stored); run records are read through
+       memgap.record.load_record (upgraded, or refused when newer) (2026-12).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from memgap.errors import StoreError, UsageError
+from memgap.record import load_record
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS requests (
     itl_s TEXT,                    -- JSON list
     output_tokens INTEGER, output_tokens_client INTEGER, prompt_tokens INTEGER,
     http_status INTEGER, error TEXT,
+    cached_prompt_tokens INTEGER, finish_reason TEXT, max_tokens INTEGER,
     PRIMARY KEY (run_id, warmup, idx)
 );
 CREATE TABLE IF NOT EXISTS memory_series (
@@ -141,12 +146,17 @@ class Store:
             self._migrate(version)
 
     def _migrate(self, from_version: int) -> None:
-        if from_version == 1:
+        if from_version not in (1, 2):
+            raise StoreError(f"{self.path}: no migration from schema version {from_version}")  # pragma: no cover
+        with self._tx():
             # 1 -> 2 only adds tables, which _SCHEMA has just created.
-            with self._tx():
-                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            return
-        raise StoreError(f"{self.path}: no migration from schema version {from_version}")  # pragma: no cover
+            # 2 -> 3: the request fields that were not stored (None for older runs).
+            have = {r["name"] for r in self.db.execute("PRAGMA table_info(requests)")}
+            for column, kind in (("cached_prompt_tokens", "INTEGER"), ("finish_reason", "TEXT"),
+                                 ("max_tokens", "INTEGER")):
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     @property
     def schema_version(self) -> int:
@@ -175,8 +185,11 @@ class Store:
         series: Mapping[str, Any] | None = None,
         force: bool = False,
     ) -> None:
-        """Write one finished run and everything measured with it, atomically."""
-        run_id = record["run_id"]
+        """Write one finished run and everything measured with it, atomically. The record
+        is validated as a RunRecord first (memgap.record), so the store holds no record a
+        reader would refuse."""
+        run_id = record.get("run_id", "?")
+        record = load_record(record, where=f"run {run_id}").to_dict()
         try:
             with self._tx():
                 exists = self.db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -206,8 +219,9 @@ class Store:
                     self.db.execute("INSERT INTO engine_logs (run_id, text) VALUES (?, ?)", (run_id, engine_log))
                 self.db.executemany(
                     "INSERT INTO requests (run_id, idx, warmup, scheduled_s, sent_s, ttft_s, e2e_s, itl_s,"
-                    " output_tokens, output_tokens_client, prompt_tokens, http_status, error)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " output_tokens, output_tokens_client, prompt_tokens, http_status, error,"
+                    " cached_prompt_tokens, finish_reason, max_tokens)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             run_id,
@@ -223,6 +237,9 @@ class Store:
                             r.get("prompt_tokens"),
                             r.get("http_status"),
                             r.get("error"),
+                            r.get("cached_prompt_tokens"),
+                            r.get("finish_reason"),
+                            r.get("max_tokens"),
                         )
                         for r in requests
                     ],
@@ -321,8 +338,8 @@ class Store:
                 (status, run_id, ended_at, note, study_id, plan_index, attempt),
             )
 
-    @staticmethod
-    def _row(r: sqlite3.Row) -> StoredRun:
+    def _row(self, r: sqlite3.Row) -> StoredRun:
+        record = load_record(json.loads(r["record"]), where=f"run {r['run_id']} in {self.path}").to_dict()
         return StoredRun(
             run_id=r["run_id"],
             status=r["status"],
@@ -332,7 +349,7 @@ class Store:
             label=r["label"],
             study_id=r["study_id"],
             created_at=r["created_at"],
-            record=json.loads(r["record"]),
+            record=record,
         )
 
 

@@ -33,7 +33,7 @@ from memgap.engines.registry import make_engine
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.load.records import RequestRecord
-from memgap.load.slo import SLO, Goodput, goodput
+from memgap.load.slo import SLO, Goodput, goodput, parse_slo
 from memgap.load.spec import WorkloadSpec
 from memgap.runner import RunObserver, execute_run
 from memgap.spec import RunSpec
@@ -158,6 +158,9 @@ def request_from_row(row: Mapping[str, Any]) -> RequestRecord:
         prompt_tokens=row.get("prompt_tokens"),
         http_status=row.get("http_status"),
         error=row.get("error"),
+        cached_prompt_tokens=row.get("cached_prompt_tokens"),
+        finish_reason=row.get("finish_reason"),
+        max_tokens=row.get("max_tokens"),
     )
 
 
@@ -460,5 +463,8 @@ def sweeps_in_store(store: Store, runs: Sequence[Any], slo: SLO | None = None) -
         if not (isinstance(sid, str) and sid.startswith("sweep-")):
             continue
         requests = [request_from_row(x) for x in store.requests(r.run_id)]
-        out.setdefault(sid, []).append(point_row(point_of(r.record), r.record, requests, store.series(r.run_id), slo or SLO()))
+        # The sweep's SLO is stored with each run (its spec); one given here overrides it.
+        stored = (r.record.get("spec") or {}).get("slo") or ""
+        run_slo = slo if slo is not None else parse_slo(stored)
+        out.setdefault(sid, []).append(point_row(point_of(r.record), r.record, requests, store.series(r.run_id), run_slo))
     return out

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from memgap.errors import StoreError, UsageError
+from memgap.record import RECORD_VERSION
 from memgap.store import SCHEMA_VERSION, Store, open_store
 
 
@@ -94,8 +95,62 @@ def test_unknown_selector_key(tmp_path: Path) -> None:
         st.runs({"colour": "red"})
 
 
-def test_record_is_stored_verbatim(tmp_path: Path) -> None:
+def test_record_keeps_every_value_and_gains_the_models_defaults(tmp_path: Path) -> None:
     r = record("a1", memory={"samples": 3, "at": {"ready": {"t_s": 1.5, "x": None}}})
     with Store(tmp_path / "s.db") as st:
         st.add_run(r)
-        assert st.get("a1").record == json.loads(json.dumps(r))
+        got = st.get("a1").record
+    for key, value in json.loads(json.dumps(r)).items():
+        if key == "memory":  # an open section: its own keys kept verbatim, the model's added as None
+            assert got["memory"]["at"] == value["at"] and got["memory"]["samples"] == 3
+            assert got["memory"]["host_used_peak_bytes"] is None
+        else:
+            assert got[key] == value, key
+    assert got["record_version"] == RECORD_VERSION and got["spec"] is None
+
+
+def test_version_one_record_is_upgraded_and_a_future_one_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = {"record_version": 1, "run_id": "v1", "created_at": "2026-11-01T00:00:00", "status": "ok",
+           "environment": "native", "engine": "llamacpp", "engine_report": {"kv_cache_bytes": 5}}
+    future = {**old, "run_id": "v9", "record_version": RECORD_VERSION + 1}
+    db = tmp_path / "s.db"
+    with Store(db) as st:
+        st.add_run(old)
+    # written as the previous memgap wrote it (verbatim JSON), then read back
+    con = sqlite3.connect(db)
+    con.execute("UPDATE runs SET record = ? WHERE run_id = 'v1'", (json.dumps(old),))
+    con.execute("INSERT INTO runs (run_id, created_at, status, environment, engine, record) VALUES (?,?,?,?,?,?)",
+                ("v9", old["created_at"], "ok", "native", "llamacpp", json.dumps(future)))
+    con.commit()
+    con.close()
+    with Store(db) as st:
+        rec = st.get("v1").record
+        assert rec["record_version"] == RECORD_VERSION and rec["spec"] is None
+        assert rec["engine_report"]["kv_cache_bytes"] == 5
+        with pytest.raises(StoreError, match=f"record version {RECORD_VERSION + 1} is newer than this memgap"):
+            st.get("v9")
+        with pytest.raises(StoreError, match="newer"):
+            st.add_run(future)
+
+
+def test_schema_two_store_gains_the_request_fields(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "v2.db"
+    with Store(db) as st:
+        st.add_run(record("r1"), requests=[{"index": 0, "warmup": False, "finish_reason": "length",
+                                            "cached_prompt_tokens": 7, "max_tokens": 16}])
+        assert st.requests("r1")[0]["finish_reason"] == "length"
+        assert st.requests("r1")[0]["cached_prompt_tokens"] == 7 and st.requests("r1")[0]["max_tokens"] == 16
+    con = sqlite3.connect(db)  # make it a schema-2 store: the requests table without the three columns
+    con.executescript(
+        "CREATE TABLE r2 AS SELECT run_id, idx, warmup, scheduled_s, sent_s, ttft_s, e2e_s, itl_s, output_tokens,"
+        " output_tokens_client, prompt_tokens, http_status, error FROM requests; DROP TABLE requests;"
+        " ALTER TABLE r2 RENAME TO requests; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    con.close()
+    with Store(db) as st:
+        assert st.schema_version == 3
+        row = st.requests("r1")[0]
+        assert row["finish_reason"] is None and row["max_tokens"] is None  # not stored then: unknown

@@ -263,7 +263,7 @@ def test_version_one_store_is_read_and_gains_the_study_tables(tmp_path: Path) ->
     con.executescript("DROP TABLE study_runs; DROP TABLE studies; UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     con.close()
     with Store(db) as st:
-        assert SCHEMA_VERSION == 2 and st.schema_version == 2
+        assert SCHEMA_VERSION == 3 and st.schema_version == 3
         assert [r.run_id for r in st.runs()] == ["old"] and st.study_runs() == []
         st.add_study("study:x", created_at="t", experiment_path=None, fingerprint="f", plan={"a": 1})
         assert st.study("study:x")["plan"] == {"a": 1}  # type: ignore[index]

@@ -30,6 +30,7 @@ from memgap.sweep import (
     saturation_point,
     saturation_search,
     search_saturation,
+    sweeps_in_store,
     tokens_per_request,
     workload_for,
 )
@@ -191,7 +192,7 @@ class FakeExecute:
         duration = n / min(c, engine.slots)
         run_id = f"run{len(self.configs)}"
         waiting = float(max(0, c - engine.slots))
-        record = fake_record(run_id, n, duration, label=cfg.label, study_id=cfg.study_id,
+        record = fake_record(run_id, n, duration, label=cfg.label, study_id=cfg.study_id, spec=cfg.to_dict(),
                              engine_options={"parallel": engine.slots, "ctx_size": engine.ctx})  # fmt: skip
         store.add_run(record, requests=[r.to_dict() for r in reqs], series=series([0.0, waiting, waiting, 0.0]))
         return record
@@ -228,6 +229,10 @@ def test_run_sweep_stores_each_point_and_finds_the_knee(store: Store) -> None:
     assert k["parting"]["ttft_p50_s"] is None  # the fake's record TTFT is flat; the goodput is not
     assert k["parting"]["goodput_per_s"] == 16.0
     assert k["saturation"] == {"2048": 8.0, "6144": None}
+    # the sweep's SLO travels with each run's spec: the report rebuilds the curves from the store alone
+    rebuilt = sweeps_in_store(store, store.runs(where={"study_id": "sweep-test"}))["sweep-test"]
+    assert [r["goodput_per_s"] for r in rebuilt] == [r["goodput_per_s"] for r in rows]
+    assert by[(16, 6144)]["goodput_per_s"] is not None
 
 
 def test_search_saturation_runs_until_the_slo_breaks(store: Store) -> None:

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from memgap.errors import StoreError, UsageError
+from memgap.record import RECORD_VERSION, RunRecord
 from memgap.store import Store
 
 # name -> module. Modules are imported on first use, so a broken importer breaks only itself.
@@ -24,43 +25,18 @@ IMPORTERS: dict[str, str] = {
     "trtllm-log": "memgap.importers.trtllm_log",
 }
 
-# The run record's top-level keys, as memgap.runner.build_record writes them (a unit test
-# checks the two agree), plus ``source`` and ``source_info`` that imported runs add.
-RECORD_KEYS: tuple[str, ...] = (
-    "record_version", "run_id", "study_id", "label", "created_at", "finished_at",
-    "environment", "environment_info", "engine", "engine_version", "engine_options",
-    "engine_command", "model", "model_sha256", "model_size_bytes", "status", "failure",
-    "failure_log_tail", "ready_s", "engine_exit_status", "workload", "sampler", "spec",
-    "requests_ok", "requests_errored", "errors_by_kind", "output_tokens",
-    "output_tokens_per_s", "request_throughput_per_s", "workload_duration_s",
-    "token_count_mismatches", "prefix_cache", "prompt_cache_hits", "ttft_s", "itl_s", "e2e_s", "queue_delay_s",
-    "engine_report", "memory", "cgroup_final", "host",
-)
-PERCENTILE_KEYS = ("p50", "p90", "p99", "mean", "n")
-ENGINE_REPORT_KEYS = (
-    "engine", "model_bytes", "peak_bytes", "kv_cache_bytes", "kv_cache_tokens", "kv_cache_blocks",
-    "kv_fraction", "device_total_bytes", "compute_bytes",
-)
+# The run record's top-level keys come from the model (memgap.record.RunRecord), which
+# runner.build_record and every importer write through.
+RECORD_KEYS: tuple[str, ...] = tuple(k for k in RunRecord.model_fields if k not in ("source", "source_info"))
 
 
 def blank_record() -> dict[str, Any]:
     """A record with every key present and nothing measured (None; empty where a
-    container is expected, so readers need no special case)."""
-    rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
-    rec.update({
-        "record_version": 1,
-        "environment_info": {},
-        "engine_options": {},
-        "errors_by_kind": {},
-        "ttft_s": dict.fromkeys(PERCENTILE_KEYS),
-        "itl_s": dict.fromkeys(PERCENTILE_KEYS),
-        "e2e_s": dict.fromkeys(PERCENTILE_KEYS),
-        "queue_delay_s": dict.fromkeys(PERCENTILE_KEYS),
-        "engine_report": {**dict.fromkeys(ENGINE_REPORT_KEYS), "kv_caches": [], "extra": {}, "evidence": []},
-        "memory": {},
-        "host": {},
-    })
-    return rec
+    container is expected, so readers need no special case). Importers fill what the
+    other tool measured; ``run_id``, ``created_at``, ``environment``, ``engine`` and
+    ``status`` must be set before the record validates."""
+    return {**dict.fromkeys(RECORD_KEYS), **RunRecord.model_construct().model_dump(mode="json"),
+            "record_version": RECORD_VERSION, "source": None, "source_info": None}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from memgap.record import field_reader
 from memgap.units import format_bytes, format_seconds
 
 
@@ -31,17 +32,8 @@ class Metric:
 
 
 def _path(*keys: str) -> Callable[[Mapping[str, Any]], float | None]:
-    def read(record: Mapping[str, Any]) -> float | None:
-        cur: Any = record
-        for k in keys:
-            if not isinstance(cur, Mapping):
-                return None
-            cur = cur.get(k)
-        if isinstance(cur, bool) or not isinstance(cur, int | float):
-            return None
-        return float(cur)
-
-    return read
+    # The path is checked against the run record's model at import (memgap.record).
+    return field_reader(".".join(keys))
 
 
 METRICS: tuple[Metric, ...] = (
