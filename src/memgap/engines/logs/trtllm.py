@@ -58,19 +58,35 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_VARIANT = "pytorch"
 
-# _torch/pyexecutor/_util.py (see the module docstring for its four endings); the
-# oldest divides by (1 << 30), later ones by GB = 1 << 30.
+# tensorrt_llm/_torch/pyexecutor/_util.py, the Peak line, in four historic forms:
+#   f"Peak memory during memory usage profiling (torch + non-torch): {peak:.2f} GiB,
+#   available KV cache memory when calculating max tokens: {avail:.2f} GiB"   (oldest: ends here)
+#   + f", fraction is set {fraction}, kv size is {n}"                          (then: ends here)
+#   + f". device total memory {total:.2f} GiB, , tmp kv_mem {tmp:.2f} GiB"    (then)
+#   current: "..., fraction is set {f}, kv size per token is {n}. device total memory
+#   {t:.2f} GiB, temporary kv cache memory during profiling {tmp:.2f} GiB".
+# The oldest divides by (1 << 30), later ones by GB = 1 << 30. Each part is matched on
+# its own, so every form gives what it has.
 _PEAK_RE = re.compile(rf"Peak memory during memory usage profiling[^:]*: ({NUM}) ?GiB")
 _AVAIL_RE = re.compile(rf"available KV cache memory when calculating max tokens: ({NUM}) ?GiB")
 _FRACTION_RE = re.compile(rf"fraction is set ({NUM})")
 _PER_TOKEN_RE = re.compile(rf"kv size (?:per token )?is ({NUM})")
 _TOTAL_RE = re.compile(rf"device total memory ({NUM}) ?GiB")
 _TMP_RE = re.compile(rf"(?:temporary kv cache memory during profiling|tmp kv_mem) ({NUM}) ?GiB")
+# _util.py: f"Memory used after loading model weights (inside torch) in memory usage
+# profiling: {x:.2f} GiB" and "(outside torch)"; f"Memory used outside torch (e.g., NCCL
+# and CUDA graphs) in memory usage profiling: {x:.2f} GiB" (older: no parenthesis);
+# f"Estimated max memory in KV cache : {x:.2f} GiB", f"Estimated max tokens in KV cache : {n}".
 _MODEL_IN_RE = re.compile(rf"Memory used after loading model weights \(inside torch\)[^:]*: ({NUM}) ?GiB")
 _MODEL_OUT_RE = re.compile(rf"Memory used after loading model weights \(outside torch\)[^:]*: ({NUM}) ?GiB")
 _OUTSIDE_RE = re.compile(rf"Memory used outside torch(?: \([^)]*\))? in memory usage profiling: ({NUM}) ?GiB")
 _EST_MEM_RE = re.compile(rf"Estimated max memory in KV cache ?: ({NUM}) ?GiB")
 _EST_TOK_RE = re.compile(rf"Estimated max tokens in KV cache ?: ({NUM})")
+# cpp/tensorrt_llm/batch_manager/kvCacheManager.cpp: "[MemUsageChange] Allocated %0.2f
+# GiB for max tokens in paged KV cache (%d)." (the size divided by 1 << 30) and
+# "Memory usage when calculating max tokens in paged kv cache: total: %0.2f GiB,
+# available: %0.2f GiB" (cudaMemGetInfo, or the host's free RAM with UVM, plus the pool's
+# free bytes: what the C++ runtime sizes the cache from).
 _ALLOC_RE = re.compile(rf"Allocated ({NUM}) ?GiB for max tokens in paged KV cache \(({NUM})\)")
 _CALC_RE = re.compile(
     rf"Memory usage when calculating max tokens in paged kv cache: total: ({NUM}) ?GiB, available: ({NUM}) ?GiB"
@@ -79,7 +95,10 @@ _CALC_RE = re.compile(
 # "Max KV cache blocks per sequence: %d [window size=%d], tokens per block=%d, primary
 # blocks=%d, secondary blocks=%d, max sequence length=%d".
 _BLOCKS_RE = re.compile(r"Number of blocks in KV cache primary pool: (\d+)|\bprimary blocks=(\d+)")
+# kvCacheManager.cpp: "Number of tokens per block: %d."
 _PER_BLOCK_RE = re.compile(r"Number of tokens per block: (\d+)")
+# HfWeightLoader, tensorrt_llm/_torch/models/checkpoints/hf/weight_loader.py (older:
+# _torch/pyexecutor/weight_loader.py): f"Prefetching {size / (1024**3):.2f}GB checkpoint files."
 _PREFETCH_RE = re.compile(rf"Prefetching ({NUM}) ?GB checkpoint files")
 
 # Lines only the PyTorch backend prints (its sizing, from _util.py).
@@ -87,7 +106,8 @@ _PYTORCH_ONLY_RE = re.compile(
     r"Peak memory during memory usage profiling|in memory usage profiling|Estimated max (?:memory|tokens) in KV cache"
 )
 
-# trtllm-bench report lines: (pattern, extra key, unit factor)
+# trtllm-bench report lines, tensorrt_llm/bench/dataclasses/reporting.py:
+# (pattern, extra key, unit factor)
 _BENCH: tuple[tuple[re.Pattern[str], str, float], ...] = (
     (re.compile(rf"^Request Throughput \(req/sec\):\s*({NUM}(?:[eE][-+]?\d+)?)"), "request_throughput", 1.0),
     (re.compile(rf"^(?:Total Output|Token) Throughput \(tokens/sec\):\s*({NUM}(?:[eE][-+]?\d+)?)"),
