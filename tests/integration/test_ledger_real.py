@@ -79,15 +79,15 @@ def test_ledger_of_anon_file_and_tmpfs(child_cgroup: CgroupRef, tmp_path: Path) 
 
 
 def _engine_run(store: Any, model: Path, label: str) -> dict[str, Any]:
-    from memgap.engines.llamacpp import LlamaCppEngine, LlamaCppOptions
-    from memgap.load.spec import WorkloadSpec
-    from memgap.runner import RunConfig, execute_run
+    from memgap.runner import execute_run
+    from memgap.spec import RunSpec
 
-    engine = LlamaCppEngine(LlamaCppOptions(model_path=model, ctx_size=2048, parallel=1))
-    cfg = RunConfig(environment="sandbox", label=label, sampler=SamplerConfig(rate_hz=20),
-                    workload=WorkloadSpec(requests=2, concurrency=1, prompt_tokens=16, output_tokens=4,
-                                          warmup_requests=0))
-    return execute_run(cfg, engine, store)
+    spec = RunSpec.from_dict({
+        "engine": {"kind": "llamacpp", "model_path": str(model), "ctx_size": 2048, "parallel": 1},
+        "environment": {"name": "sandbox"}, "label": label, "sampler": {"rate_hz": 20},
+        "workload": {"requests": 2, "concurrency": 1, "prompt_tokens": 16, "output_tokens": 4, "warmup_requests": 0},
+    })
+    return execute_run(spec, store)
 
 
 def _left_behind(model: Path, run_ids: list[str]) -> list[str]:

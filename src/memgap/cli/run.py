@@ -217,14 +217,14 @@ def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
             for r in records:
                 rows = [request_from_row(x) for x in st.requests(r["run_id"])]
                 goodputs[r["run_id"]] = goodput(rows, slo_obj, r.get("workload_duration_s") or 0.0).to_dict()
-    answer = run_answer(records)
+    answers = run_answer(records, store)
     if as_json:
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "record_version": RECORD_VERSION,
                                "store": str(store), "runs": records}
         if goodputs:
             out["goodput"] = goodputs
-        if answer is not None:
-            out["answer"] = answer
+        if answers:
+            out["answers"] = answers
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     else:
         console = Console(highlight=False)
@@ -241,19 +241,34 @@ def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
                 if r.get("failure_log_tail"):
                     console.print(r["failure_log_tail"], markup=False)
         console.print(f"stored {len(records)} run(s) in {store}: " + ", ".join(r["run_id"] for r in records), highlight=False)
-        if answer is not None:
-            console.print(answer.get("text", ""), markup=False, highlight=False)
+        for a in answers:
+            console.print(f"\n{a['a_environment']} -> {a['b_environment']}: {a['text']}", markup=False, highlight=False)
+            console.print(f"  (memgap explain run_id={a['a']} run_id={a['b']} --store {store} for the evidence)",
+                          markup=False, highlight=False)
     if not all(r["status"] == "ok" for r in records):
         raise typer.Exit(1)
     return 0
 
 
-def run_answer(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Explain's answer for the first environment against each other one (two or more)."""
+def run_answer(records: list[dict[str, Any]], store: Path) -> list[dict[str, Any]]:
+    """Explain's answer, first environment against each other one: what ``memgap explain
+    A B`` says first, for the runs just made (read back from the store)."""
+    from memgap.explain import answer_for_records
+
     ok = [r for r in records if r["status"] == "ok"]
+    out: list[dict[str, Any]] = []
     if len(ok) < 2:
-        return None
-    return None
+        return out
+    with open_store(store) as st:
+        stored = {r["run_id"]: (st.get(r["run_id"]).record, st.series(r["run_id"])) for r in ok}
+    a_rec, a_series = stored[ok[0]["run_id"]]
+    for b in ok[1:]:
+        b_rec, b_series = stored[b["run_id"]]
+        ans = answer_for_records([a_rec], [b_rec], [a_series], [b_series],
+                                 a_label=ok[0]["environment"], b_label=b["environment"])
+        out.append({"a": ok[0]["run_id"], "b": b["run_id"], "a_environment": ok[0]["environment"],
+                    "b_environment": b["environment"], **ans.to_dict()})
+    return out
 
 
 def register(app: typer.Typer) -> None:
