@@ -17,21 +17,24 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 
-from memgap.collect.cgroup import read_cgroup_memory
-from memgap.engines.base import Engine
-from memgap.engines.registry import make_engine
+from memgap.engines.attached import given_model
+from memgap.engines.base import REPORT_MARKER, Engine, EngineCommand, ModelFile, SelfDrivenEngine
+from memgap.engines.registry import engine_for_run
 from memgap.envs import LaunchSpec, RunningEngine, make_environment
 from memgap.envs.base import Environment
+from memgap.envs.base import cgroup_counters as _cgroup_final
+from memgap.errors import EngineNotFound
 from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
 from memgap.memory import memory_summary
 from memgap.record import RECORD_VERSION, RunRecord
 from memgap.sampler import Sampler
+from memgap.selfdriven import StepsOutcome, run_steps
 from memgap.series import MemorySeries
 from memgap.spec import RunSpec
 from memgap.store import Store
@@ -167,6 +170,8 @@ def describe_failure(
         return f"engine was OOM-killed {when} (cgroup oom_kill count {oom}{lim}; exit status {exit_status})"
     if exit_status is not None and exit_status < 0:
         return f"engine killed by signal {-exit_status} {when}"
+    if exit_status is None:  # an attached engine is not memgap's child
+        return f"engine went away {when} (its exit status is not visible to memgap)"
     return f"engine exited with status {exit_status} {when}"
 
 
@@ -180,29 +185,11 @@ def port_in_use(log_text: str) -> bool:
     return any(m in low for m in _PORT_IN_USE)
 
 
-def _cgroup_final(running: RunningEngine) -> dict[str, Any] | None:
-    """The run's own cgroup's OOM and limit counters, or None (no cgroup, or gone)."""
-    if running.cgroup is None or not running.cgroup.path.is_dir():
-        return None
-    try:
-        cg = read_cgroup_memory(running.cgroup)
-    except Exception:  # noqa: BLE001 - removed while being read
-        return None
-    return {
-        "oom_kill_count": cg.oom_kill_count,
-        "oom_events": cg.oom_events,
-        "failcnt": cg.failcnt,
-        "limit_bytes": cg.limit_bytes,
-        "peak_bytes": cg.peak_bytes,
-        "events": dict(cg.events),
-    }
-
-
 def execute_run(
     spec: RunSpec,
     store: Store,
     *,
-    engine: Engine | None = None,
+    engine: Engine | SelfDrivenEngine | None = None,
     environment: Environment | None = None,
     observer: RunObserver | None = None,
 ) -> dict[str, Any]:
@@ -217,7 +204,7 @@ def execute_run(
 def perform_run(
     spec: RunSpec,
     *,
-    engine: Engine | None = None,
+    engine: Engine | SelfDrivenEngine | None = None,
     environment: Environment | None = None,
     observer: RunObserver | None = None,
 ) -> RunOutcome:
@@ -225,16 +212,24 @@ def perform_run(
     from the spec (the CLI checks them before the first run); made here otherwise."""
     obs = observer or _Silent()
     config = spec
-    engine = engine or make_engine(spec.engine)
+    any_engine = engine or engine_for_run(spec)
     env = environment or make_environment(spec.environment)
     env.check()  # privileges and tools: a typed error before anything is created
     run_id = new_run_id()
     created_at = _now()
-    model = engine.model()
-    port = free_port(config.host)
-    base_url = f"http://{config.host}:{port}"
+    attach = spec.environment.attach
+    model = model_identity(any_engine, required=attach is None)
+    if getattr(any_engine, "self_driven", False):
+        return _perform_self_driven(spec, cast("SelfDrivenEngine", any_engine), env, obs, run_id, created_at, model)
+    engine = cast("Engine", any_engine)
     scratch_dir = tempfile.TemporaryDirectory(prefix="memgap-scratch-")
-    command = engine.command(config.host, port, scratch=Path(scratch_dir.name))
+    port: int | None = None
+    if attach is None:
+        port = free_port(config.host)
+        base_url = f"http://{config.host}:{port}"
+        command = engine.command(config.host, port, scratch=Path(scratch_dir.name))
+    else:  # someone else's engine: drive its URL, start nothing
+        base_url, command = attach.url.rstrip("/"), EngineCommand(argv=())
     environment_name = spec.environment.name
 
     failure: str | None = None
@@ -314,7 +309,7 @@ def perform_run(
 
     if failure is not None and not interrupted:
         failure = describe_failure(failure, exit_status, cgroup_final, env_run_info.get("oom_killed"))
-        if port_in_use(log_text):
+        if port is not None and port_in_use(log_text):
             failure += f" (port {port} was already in use)"
 
     report = engine.parse_log(log_text)
@@ -324,14 +319,16 @@ def perform_run(
         failure = f"all {summary.requests_errored} requests failed ({kinds})"
     status = "ok" if failure is None else "failed"
 
+    if attach is not None:
+        env_run_info = _attached_notes(env_run_info, model, spec)
     record = build_record(
         run_id=run_id,
         created_at=created_at,
         config=config,
         engine=engine,
-        model_sha256=model.sha256,
-        model_name=model.name,
-        model_size_bytes=model.size_bytes,
+        model_sha256=model.sha256 if model else None,
+        model_name=model.name if model else given_model(spec.engine) if attach is not None else None,
+        model_size_bytes=model.size_bytes if model else None,
         env=env,
         status=status,
         failure=failure,
@@ -345,6 +342,8 @@ def perform_run(
         command=list(command.argv),
         env_run_info=env_run_info,
     )
+    if attach is not None:
+        record["prefix_cache"] = "attached engine: its prompt cache may hold requests sent before this run"
     obs.phase(environment_name, f"done ({status})")
     return RunOutcome(
         record=record,
@@ -355,15 +354,92 @@ def perform_run(
     )
 
 
+def model_identity(engine: Engine | SelfDrivenEngine, *, required: bool) -> ModelFile | None:
+    """The model's identity (digest). An attached engine's model need not be a local file:
+    then it is unknown (None) and the record says so."""
+    try:
+        return engine.model()
+    except EngineNotFound:
+        if required:
+            raise
+        return None
+
+
+def _attached_notes(info: dict[str, Any], model: ModelFile | None, spec: RunSpec) -> dict[str, Any]:
+    if model is not None:
+        return info
+    given = given_model(spec.engine)
+    why = "no --model given" if given is None else f"--model {given!r} is not a local file or folder"
+    notes = [*info.get("not_measured", []), {"what": "model identity", "why": f"{why}: its digest and size are unknown"}]
+    return {**info, "not_measured": notes}
+
+
+def _perform_self_driven(
+    spec: RunSpec, engine: SelfDrivenEngine, env: Environment, obs: RunObserver, run_id: str, created_at: str,
+    model: ModelFile | None,
+) -> RunOutcome:
+    """An engine that drives its own load (trtllm-bench): its steps in the environment,
+    memory sampled during the measured one, the workload's figures from its own report
+    (kept verbatim after the log, behind REPORT_MARKER)."""
+    name = spec.environment.name
+    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="memgap-scratch-") as workdir:
+        obs.phase(name, "starting engine")
+        out = run_steps(engine.steps(Path(workdir)), env, spec, run_dir=Path(tmp), run_id=run_id,
+                        phase=lambda p: obs.phase(name, p))
+        summary, report_text = engine.workload_summary(Path(workdir))
+    log_text = out.log_text + (REPORT_MARKER + report_text if report_text is not None else "")
+    failure = _steps_failure(out, summary, report_text)
+    status = "ok" if failure is None else "failed"
+    measured = next((s for s in out.steps if s.measured), None)
+    info = {**out.env_run_info, "self_driven": {
+        "steps": [s.to_dict() for s in out.steps],
+        "report": {k: (summary or {}).get(k) for k in ("source", "missing", "tpot_s")} if summary else None,
+    }}
+    record = build_record(
+        run_id=run_id, created_at=created_at, config=spec, engine=engine,
+        model_sha256=model.sha256 if model else None, model_name=model.name if model else None,
+        model_size_bytes=model.size_bytes if model else None, env=env, status=status, failure=failure,
+        log_tail_text=log_tail(log_text.partition(REPORT_MARKER)[0]) if failure else None, ready_s=out.ready_s,
+        exit_status=out.exit_status, cgroup_final=out.cgroup_final, report=engine.parse_log(log_text).to_dict(),
+        summary=summary, memory=memory_summary(out.series) if out.series is not None else None,
+        command=measured.argv if measured else [], env_run_info=info,
+    )
+    obs.phase(name, f"done ({status})")
+    return RunOutcome(record=record, engine_log=log_text, requests=[],
+                      series=out.series.to_dict() if out.series is not None else None, interrupted=out.interrupted)
+
+
+def _steps_failure(out: StepsOutcome, summary: dict[str, Any] | None, report_text: str | None) -> str | None:
+    step = out.failed_step
+    if out.interrupted:
+        return "interrupted (Ctrl-C or SIGTERM)"
+    if out.start_error is not None:
+        return out.start_error
+    if step is not None and out.timed_out_s is not None:
+        return f"the {step.name} step was still running after {out.timed_out_s:.0f} s and was stopped"
+    if step is not None:
+        when = DIED_DURING_WORKLOAD if step.measured else DIED_BEFORE_READY
+        cg = out.cgroup_final if step.measured else None
+        return f"{step.name} step: " + describe_failure(when, step.exit_status, cg, out.env_run_info.get("oom_killed"))
+    if report_text is None:
+        return "the measured step exited 0 but wrote no report (--report_json)"
+    if summary is None:
+        return "the engine's report is not a readable JSON object"
+    if not summary.get("requests_ok"):
+        return "the engine's report counts no completed request"
+    return None
+
+
 def build_record(
     *,
     run_id: str,
     created_at: str,
     config: RunSpec,
-    engine: Engine,
-    model_sha256: str,
-    model_name: str,
-    model_size_bytes: int,
+    engine: Engine | SelfDrivenEngine,
+    model_sha256: str | None,
+    model_name: str | None,
+    model_size_bytes: int | None,
     env: Environment,
     status: str,
     failure: str | None,

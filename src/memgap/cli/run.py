@@ -26,7 +26,7 @@ from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import goodput, parse_slo
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RECORD_VERSION, execute_run
+from memgap.runner import RECORD_VERSION, execute_run, model_identity
 from memgap.spec import ENGINES, ENVIRONMENTS, LlamaCppSpec, RunSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import request_from_row
@@ -189,14 +189,16 @@ def specs_from_flags(given: dict[str, Any], spec_file: Path | None) -> list[RunS
 
 def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
     """Run each spec in turn (each checked first), store each, print the comparison."""
-    from memgap.engines.registry import make_engine
+    from memgap.engines.registry import engine_for_run
     from memgap.envs import make_environment
 
     engines, environments = [], []
-    for spec in specs:  # fail before the first run, naming what is missing
-        engines.append(make_engine(spec.engine))
+    for spec in specs:  # fail before the first run (and before the store), naming what is missing
+        eng = engine_for_run(spec)
         e = make_environment(spec.environment)
         e.check()
+        model_identity(eng, required=spec.environment.attach is None)
+        engines.append(eng)
         environments.append(e)
     slo_obj = parse_slo(specs[0].slo)
     err = Console(stderr=True, highlight=False)

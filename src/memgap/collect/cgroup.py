@@ -241,6 +241,45 @@ def memory_cgroup_of(pid: int | str = "self", proc_root: Path = Path("/proc")) -
     return CgroupRef(version=2, path=mount.mount_point / rel, relpath=v2_line.path)
 
 
+def memory_cgroup_at(path: str | Path, proc_root: Path = Path("/proc")) -> CgroupRef | None:
+    """A memory cgroup a user named: its folder (``/sys/fs/cgroup/memory/docker/ID``,
+    ``/sys/fs/cgroup/system.slice/x.scope``) or its path as /proc/PID/cgroup prints it
+    (``/docker/ID``), resolved through *our* mounts. None when no memory hierarchy
+    here holds it, or its folder does not exist."""
+    text = read_optional(proc_root / "self" / "mountinfo")
+    if text is None:
+        return None
+    mounts = [
+        m for m in parse_mountinfo_cgroups(text, str(proc_root / "self" / "mountinfo"))
+        if (m.version == 1 and "memory" in m.controllers) or m.version == 2
+    ]
+    # v1's memory mount first: in hybrid mode the cgroup2 mount holds no memory controller.
+    mounts.sort(key=lambda m: m.version)
+    given = Path(path)
+    for m in mounts:
+        if m.version == 2:
+            controllers = read_optional(m.mount_point / "cgroup.controllers")
+            if controllers is None or "memory" not in controllers.split():
+                continue
+        # A folder under the mount point...
+        try:
+            below = given.relative_to(m.mount_point)
+        except ValueError:
+            below = None
+        if below is not None and given.is_dir():
+            rel = "" if below == Path(".") else below.as_posix()
+            relpath = "/" + "/".join(p for p in (m.root.strip("/"), rel) if p)
+            return CgroupRef(version=m.version, path=given, relpath=relpath)
+    for m in mounts:  # ...or a path as /proc/PID/cgroup shows it
+        if m.version == 2 and "memory" not in (read_optional(m.mount_point / "cgroup.controllers") or "").split():
+            continue
+        relpath = "/" + given.as_posix().strip("/")
+        found = _best_mount([m], relpath)
+        if found is not None and (m.mount_point / found[1]).is_dir():
+            return CgroupRef(version=m.version, path=m.mount_point / found[1], relpath=relpath)
+    return None
+
+
 @dataclass(frozen=True)
 class CgroupMemory:
     version: Literal[1, 2]

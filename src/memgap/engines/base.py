@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
 
 
+# Between an engine's log and its own report (a self-driven engine's report JSON) in the
+# stored engine log: the report is kept verbatim beside the lines it accompanies.
+REPORT_MARKER = "\n==> memgap: the engine's own report <==\n"
+
+
 @dataclass(frozen=True)
 class ModelFile:
     path: Path
@@ -52,3 +57,39 @@ class Engine(Protocol):
     def options(self) -> dict[str, Any]: ...
 
     def parse_log(self, text: str) -> EngineReport: ...
+
+
+@dataclass(frozen=True)
+class EngineStep:
+    """One step of an engine that drives its own workload (trtllm-bench: prepare-dataset,
+    build, throughput), launched like an engine command. ``measured``: the step the
+    sampler runs during (its exit status is the run's)."""
+
+    name: str
+    command: EngineCommand
+    measured: bool = False
+
+
+class SelfDrivenEngine(Protocol):
+    """An engine that runs its own load: memgap runs its steps in order in the run's
+    scratch folder, samples memory during the measured one, and reads the engine's own
+    report for the workload's figures."""
+
+    name: str
+    self_driven: bool  # True
+
+    def steps(self, workdir: Path) -> list[EngineStep]: ...
+
+    def version(self) -> str | None: ...
+
+    def model(self) -> ModelFile: ...
+
+    def options(self) -> dict[str, Any]: ...
+
+    def parse_log(self, text: str) -> EngineReport: ...
+
+    def workload_summary(self, workdir: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """The workload's figures from the engine's own report, in the shape of
+        ``WorkloadSummary.to_dict()`` (None where the report does not say), and the raw
+        report text to keep with the log; (None, None) when there is no report."""
+        ...

@@ -9,13 +9,18 @@ probe, --help)."""
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memgap.spec import ENGINES, EngineSpec
+from memgap.errors import EngineNotFound
+from memgap.spec import ENGINES, EngineSpec, RunSpec
 
 if TYPE_CHECKING:
-    from memgap.engines.base import Engine
+    from memgap.engines.base import Engine, SelfDrivenEngine
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class EngineInfo:
     queue_gauges: tuple[str, ...]
     container: ContainerNeeds
     self_driven: bool = False  # runs its own workload (trtllm-bench)
+    health_path: str = "/health"  # answers 200 once the engine is ready
 
 
 REGISTRY: dict[str, EngineInfo] = {
@@ -92,11 +98,95 @@ def engine_info(kind: str) -> EngineInfo:
     return REGISTRY[kind]
 
 
+# Modes in which an engine drives its own workload: memgap runs its steps and samples
+# memory meanwhile, and reads throughput from the engine's own report.
+SELF_DRIVEN: dict[tuple[str, str], str] = {("trtllm", "bench"): "memgap.engines.trtllm:TrtllmBench"}
+
+
+def self_driven_adapter(spec: EngineSpec) -> str | None:
+    mode = getattr(spec, "mode", None)
+    return SELF_DRIVEN.get((spec.kind, mode)) if isinstance(mode, str) else None
+
+
 def make_engine(spec: EngineSpec, **extra: Any) -> Engine:
     """The adapter for ``spec`` (checks what it can without starting anything)."""
     info = REGISTRY[spec.kind]
-    module, cls = info.adapter.split(":")
-    if spec.kind == "trtllm" and spec.mode == "bench":
-        module, cls = "memgap.engines.trtllm", "TrtllmBench"
+    module, cls = (self_driven_adapter(spec) or info.adapter).split(":")
     adapter = getattr(importlib.import_module(module), cls)
     return adapter(spec, **extra)
+
+
+def engine_for_run(spec: RunSpec) -> Engine | SelfDrivenEngine:
+    """The engine of one run: an attached engine (nothing to launch), a self-driven one
+    (its load from the run's workload), or the adapter; an engine memgap would start from
+    this machine's files must be installed here (EngineNotFound names what is missing)."""
+    if spec.environment.attach is not None:
+        from memgap.engines.attached import AttachedEngine
+
+        return AttachedEngine(spec.engine, spec.environment.attach.url)
+    if self_driven_adapter(spec.engine) is not None:
+        from memgap.engines.trtllm import BenchLoad
+
+        w = spec.workload
+        load = BenchLoad(num_requests=w.requests, input_len=w.prompt_tokens, output_len=w.output_tokens,
+                         concurrency=w.concurrency)
+        engine: Any = make_engine(spec.engine, load=load)
+    else:
+        engine = make_engine(spec.engine)
+    container = spec.environment.container
+    if not (container.image or container.rootfs):  # an image brings its own engine
+        require_installed(spec.engine, engine)
+    return engine
+
+
+def _executable(name: str) -> Path | None:
+    if os.sep in name:
+        p = Path(name)
+        return p if p.is_file() and os.access(p, os.X_OK) else None
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def _has_module(python: str, module: str) -> bool | None:
+    """Whether ``python`` can import ``module`` (found, not imported: cheap); None when the
+    interpreter itself is missing."""
+    if _executable(python) is None:
+        return None
+    code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    try:
+        return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _image_hint(kind: str) -> str:
+    return f"or run it from an image (--env docker --image {REGISTRY[kind].container.image})"
+
+
+_INSTALL = {
+    "vllm": "scripts/setup.sh --engine vllm",
+    "sglang": "pip install sglang; it needs an NVIDIA GPU",
+    "trtllm": "pip install tensorrt_llm; it needs an NVIDIA GPU",
+}
+
+
+def require_installed(spec: EngineSpec, engine: Any) -> None:
+    """Raise EngineNotFound, naming what is missing, when the engine memgap would start is
+    not installed on this machine (llama.cpp's adapter checks its binary itself)."""
+    title = REGISTRY[spec.kind].title
+    if spec.kind in ("vllm", "sglang"):
+        python = getattr(getattr(engine, "opts", spec), "python", None) or "python3"
+        has = _has_module(python, spec.kind)
+        if has is None:
+            raise EngineNotFound(f"{title}: the interpreter {python!r} was not found; pass --engine-python, "
+                                 f"{_image_hint(spec.kind)}")
+        if not has:
+            raise EngineNotFound(f"{title} is not installed: {python} has no module {spec.kind!r}. Install it "
+                                 f"({_INSTALL[spec.kind]}), pass --engine-python, {_image_hint(spec.kind)}")
+    elif spec.kind == "trtllm":
+        exe = spec.executable or ("trtllm-bench" if spec.mode == "bench" else "trtllm-serve")
+        if _executable(exe) is None:
+            where = "" if os.sep in exe else " on PATH"
+            raise EngineNotFound(f"{title} is not installed: {exe} not found{where}. Install it "
+                                 f"({_INSTALL['trtllm']}), point --set engine.executable=PATH at it, "
+                                 f"{_image_hint('trtllm')}")

@@ -11,13 +11,13 @@ the fraction flag)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memgap.engines.base import EngineCommand, ModelFile
+from memgap.engines.base import REPORT_MARKER, EngineCommand, EngineStep, ModelFile
 from memgap.engines.vllm import local_paths, model_of, run_version
-from memgap.errors import UsageError
+from memgap.errors import EngineNotFound, UsageError
 from memgap.spec import TrtllmSpec
 
 if TYPE_CHECKING:
@@ -95,9 +95,12 @@ class BenchLoad:
 
 class TrtllmBench:
     """Builds the argument lists of a trtllm-bench study; an environment runs them in
-    order in a working directory (``workdir``) that holds the dataset, engine and report."""
+    order in a working directory (``workdir``) that holds the dataset, engine and report.
+    It drives its own load (``self_driven``): memgap samples memory during ``throughput``
+    and reads the workload's figures from its ``--report_json``."""
 
     name = "trtllm"
+    self_driven = True
 
     def __init__(self, opts: TrtllmSpec, load: BenchLoad | None = None) -> None:
         opts.require_model()
@@ -166,17 +169,66 @@ class TrtllmBench:
         return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=self._read(workdir))
 
     def commands(self, workdir: Path) -> list[EngineCommand]:
-        steps = [self.prepare_dataset_command(workdir), self.build_command(workdir), self.throughput_command(workdir)]
-        return [s for s in steps if s is not None]
+        return [s.command for s in self.steps(workdir)]
+
+    def steps(self, workdir: Path) -> list[EngineStep]:
+        """prepare-dataset, build (TensorRT backend only), throughput (the measured one)."""
+        build = self.build_command(workdir)
+        return [
+            EngineStep("prepare-dataset", self.prepare_dataset_command(workdir)),
+            *([EngineStep("build", build)] if build is not None else []),
+            EngineStep("throughput", self.throughput_command(workdir), measured=True),
+        ]
 
     def version(self) -> str | None:
         return _version(self.opts.python)
 
+    def model(self) -> ModelFile:
+        """The local checkpoint (``model_path``); ``model`` alone is a hub name that
+        trtllm-bench would fetch, which memgap cannot identify."""
+        if self.opts.model_path is None:
+            raise EngineNotFound(f"engine.model_path: trtllm-bench needs the local checkpoint of {self.opts.model!r} "
+                                 "so memgap can identify the model (--set engine.model_path=DIR)")
+        return model_of(str(self.opts.model_path))
+
     def options(self) -> dict[str, Any]:
         return {**self.opts.model_dump(mode="json"), "bench_load": asdict(self.load)}
 
-    def parse_log(self, text: str) -> EngineReport:
-        """The run's stdout and stderr: memory lines and the final report."""
-        from memgap.engines.logs import parse_engine_log
+    def workload_summary(self, workdir: Path) -> tuple[dict[str, Any] | None, str | None]:
+        from memgap.engines.trtllm_report import parse_bench_report, workload_summary
 
-        return parse_engine_log("trtllm", text)
+        path = self.report_path(workdir)
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return None, None
+        try:
+            return workload_summary(parse_bench_report(text)), text
+        except ValueError:
+            return None, text
+
+    def parse_log(self, text: str) -> EngineReport:
+        """The steps' stdout and stderr (memory lines and the printed overview), then the
+        report JSON after ``REPORT_MARKER``: the device total and KV fraction it gives
+        fill what the log did not say."""
+        from memgap.engines.logs import parse_engine_log
+        from memgap.engines.trtllm_report import parse_bench_report
+
+        log, _, report_text = text.partition(REPORT_MARKER)
+        report = parse_engine_log("trtllm", log)
+        if not report_text.strip():
+            return report
+        try:
+            bench = parse_bench_report(report_text.strip())
+        except ValueError:
+            return report
+        filled: dict[str, Any] = {}
+        if report.device_total_bytes is None and bench.device_total_bytes is not None:
+            filled["device_total_bytes"] = bench.device_total_bytes
+        if report.kv_fraction is None and bench.kv_fraction is not None:
+            filled["kv_fraction"] = bench.kv_fraction
+        if not filled:
+            return report
+        said = ", ".join(f"{k}={v}" for k, v in filled.items())
+        return replace(report, **filled, evidence=(*report.evidence, f"report_json: {said}"),
+                       missing=tuple(m for m in report.missing if m not in filled))
