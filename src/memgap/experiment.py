@@ -45,11 +45,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from memgap.envs import ENVIRONMENTS
+from memgap.analysis.metrics import BY_NAME
 from memgap.errors import UsageError
-from memgap.report.metrics import BY_NAME
+from memgap.spec import ENVIRONMENTS as SPEC_ENVIRONMENTS
 from memgap.spec import RunSpec, dotted, validation_errors
 
+# What a study starts its engines in: a run spec's environments but an attached engine,
+# which someone else started (the same names as memgap.envs.ENVIRONMENTS, which this
+# module does not import: reading a stored plan must not load the launch code).
+ENVIRONMENTS = tuple(e for e in SPEC_ENVIRONMENTS if e != "attached")
 DEFAULT_PRIMARY = ({"name": "kv_cache_bytes", "margin": 0}, {"name": "output_tokens_per_s", "margin": "10%"})
 
 

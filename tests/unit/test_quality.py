@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from memgap.quality import (
+from memgap.analysis.quality import (
     Observation,
     check_confounding,
     check_cv,

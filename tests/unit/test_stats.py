@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from memgap.stats import (
+from memgap.analysis.stats import (
     SequentialDesign,
     bootstrap_diff_ci,
     boundary,

@@ -226,8 +226,8 @@ def test_engines_left_running_by_a_killed_run_are_named(tmp_path: Path) -> None:
 
 
 def test_variants_are_compared_apart(tmp_path: Path) -> None:
+    from memgap.analysis.metrics import METRICS
     from memgap.cli.compare import build_comparison
-    from memgap.report.metrics import METRICS
 
     exp = _exp('[[variants]]\nname = "small"\nengine = { ctx_size = 1024 }\n[[variants]]\nname = "big"\n')
     labels: list[str | None] = []

@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from memgap.analysis.compare import DEFAULT_MARGIN, compare_runs, compare_sets, study_annotations
+from memgap.analysis.metrics import BY_NAME, METRICS, Metric, metric
 from memgap.errors import UsageError
-from memgap.report.compare import DEFAULT_MARGIN, compare_runs, compare_sets, study_annotations
-from memgap.report.metrics import BY_NAME, METRICS, Metric, metric
 from memgap.selectors import parse_selector, select_runs
 from memgap.store import Store, StoredRun, open_store
 

@@ -8,9 +8,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgap.report.compare import baseline_first, group_name, study_annotations
-from memgap.report.metrics import BY_NAME
-from memgap.stats import mean_ci, summarize
+from memgap.analysis.compare import baseline_first, group_name, study_annotations
+from memgap.analysis.metrics import BY_NAME
+from memgap.analysis.stats import mean_ci, summarize
 from memgap.store import Store, StoredRun
 
 TIMELINE_COLUMNS = ("process_rss_bytes", "cgroup_usage_bytes", "host_used_bytes")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
+from memgap.analysis.metrics import BY_NAME
 from memgap.report.markdown import (
     COMPARISON_HEAD,
     STUDY_HEAD,
@@ -18,7 +19,6 @@ from memgap.report.markdown import (
     study_paragraphs,
     study_rows,
 )
-from memgap.report.metrics import BY_NAME
 from memgap.report.svg import Line, colour, interval_chart, line_chart, stacked_bars
 from memgap.units import format_bytes
 

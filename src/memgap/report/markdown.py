@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from memgap.report.metrics import BY_NAME
+from memgap.analysis.metrics import BY_NAME
 
 
 def _cell(text: object) -> str:

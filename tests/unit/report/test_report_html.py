@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from memgap.analysis.compare import compare_runs
 from memgap.report.build import build_report
-from memgap.report.compare import compare_runs
 from memgap.report.html import CSP, render_html
 from memgap.store import Store
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from memgap.analysis.compare import compare_runs
 from memgap.report.build import build_report
-from memgap.report.compare import compare_runs
 from memgap.report.markdown import render_markdown
 from memgap.store import Store
 

@@ -9,9 +9,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgap.quality import Observation, check_power, run_checks
-from memgap.report.metrics import METRICS, Metric
-from memgap.stats import (
+from memgap.analysis.metrics import METRICS, Metric
+from memgap.analysis.quality import Observation, check_power, run_checks
+from memgap.analysis.stats import (
     bootstrap_diff_ci,
     hedges_g,
     holm,

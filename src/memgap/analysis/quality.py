@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from scipy import stats as sps
 
-from memgap.stats import runs_to_detect
+from memgap.analysis.stats import runs_to_detect
 
 Severity = Literal["error", "warning", "info"]
 
@@ -173,7 +173,7 @@ def check_confounding(obs: Sequence[Observation]) -> list[Finding]:
 
 
 def check_cv(obs: Sequence[Observation], metrics: Sequence[str], threshold: float = HIGH_CV) -> list[Finding]:
-    from memgap.stats import runs_for_precision, summarize
+    from memgap.analysis.stats import runs_for_precision, summarize
 
     out = []
     for (model, env), rows in _groups(obs).items():
@@ -192,7 +192,7 @@ def check_cv(obs: Sequence[Observation], metrics: Sequence[str], threshold: floa
 
 
 def check_power(comparisons: Sequence[Mapping[str, Any]], *, alpha: float = 0.05) -> list[Finding]:
-    """Comparisons (as built by ``memgap.report.compare``) whose observed difference is
+    """Comparisons (as built by ``memgap.analysis.compare``) whose observed difference is
     not established with the runs there are: too few runs for the claimed difference."""
     out = []
     for c in comparisons:
