@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from kernel_child import CHILD, drop_from_page_cache, step
 
+from memgap.analysis.explain import CONTRADICTED, SUPPORTED, RunInput, explain
+from memgap.analysis.ledger import run_ledger
 from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
 from memgap.errors import MemgapError
-from memgap.explain import CONTRADICTED, SUPPORTED, RunInput, explain
 from memgap.importers import blank_record
-from memgap.ledger import run_ledger
 from memgap.memory import memory_summary
 from memgap.sampler import Sampler, SamplerConfig
 

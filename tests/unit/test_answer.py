@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from memgap.answer import pair, signed, size
+from memgap.analysis.answer import pair, signed, size
+from memgap.analysis.explain import RunInput, answer_for_records, explain
 from memgap.cli.main import main
-from memgap.explain import RunInput, answer_for_records, explain
 from memgap.importers import blank_record
 from memgap.series import COLUMNS, MemorySeries
 from memgap.store import Store

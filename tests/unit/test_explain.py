@@ -8,7 +8,14 @@ from typing import Any, cast
 
 import pytest
 
-from memgap.explain import CONTRADICTED, NOT_MEASURED, SUPPORTED, RunInput, explain, fit_trtllm
+from memgap.analysis.explain import (
+    CONTRADICTED,
+    NOT_MEASURED,
+    SUPPORTED,
+    RunInput,
+    explain,
+    fit_trtllm,
+)
 from memgap.importers import blank_record, parse_files
 from memgap.series import COLUMNS
 

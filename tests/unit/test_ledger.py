@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from memgap.analysis.ledger import CATEGORIES, NOT_MEASURED, ledger_at, run_ledger, run_ledgers
 from memgap.collect.cgroup import CgroupRef
 from memgap.importers import blank_record
-from memgap.ledger import CATEGORIES, NOT_MEASURED, ledger_at, run_ledger, run_ledgers
 from memgap.memory import memory_summary
 from memgap.sampler import Sampler, SamplerConfig
 from memgap.series import COLUMNS

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from memgap.analysis.selectors import FIELDS, Selector, parse_selector, select_runs
 from memgap.errors import UsageError
 from memgap.importers import blank_record
-from memgap.selectors import FIELDS, Selector, parse_selector, select_runs
 from memgap.store import Store
 
 

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from memgap.analysis.compare import DEFAULT_MARGIN, compare_runs, compare_sets, study_annotations
 from memgap.analysis.metrics import BY_NAME, METRICS, Metric, metric
+from memgap.analysis.selectors import parse_selector, select_runs
 from memgap.errors import UsageError
-from memgap.selectors import parse_selector, select_runs
 from memgap.store import Store, StoredRun, open_store
 
 

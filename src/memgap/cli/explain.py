@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from memgap.explain import (
+from memgap.analysis.explain import (
     CONTRADICTED,
     EXPLAIN_VERSION,
     SUPPORTED,
@@ -26,9 +26,9 @@ from memgap.explain import (
     make_side,
     median,
 )
-from memgap.ledger import CATEGORIES
-from memgap.selectors import HELP as SELECTOR_HELP
-from memgap.selectors import select_runs
+from memgap.analysis.ledger import CATEGORIES
+from memgap.analysis.selectors import HELP as SELECTOR_HELP
+from memgap.analysis.selectors import select_runs
 from memgap.store import Store, open_store
 from memgap.units import format_bytes
 

@@ -255,7 +255,7 @@ def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
 def run_answer(records: list[dict[str, Any]], store: Path) -> list[dict[str, Any]]:
     """Explain's answer, first environment against each other one: what ``memgap explain
     A B`` says first, for the runs just made (read back from the store)."""
-    from memgap.explain import answer_for_records
+    from memgap.analysis.explain import answer_for_records
 
     ok = [r for r in records if r["status"] == "ok"]
     out: list[dict[str, Any]] = []

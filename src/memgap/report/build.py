@@ -44,7 +44,7 @@ def _timelines(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str,
 
 def _ledger(st: Store, runs: Sequence[StoredRun], envs: Sequence[str]) -> dict[str, Any] | None:
     try:
-        from memgap.ledger import CATEGORIES, run_ledger
+        from memgap.analysis.ledger import CATEGORIES, run_ledger
     except ImportError:  # the explain work is not there: leave the section out
         return None
     bars = []

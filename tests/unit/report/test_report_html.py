@@ -49,7 +49,7 @@ def test_sections_and_charts(report_store: Path) -> None:
 def test_ledger_bars_when_the_ledger_can_be_built(report_store: Path) -> None:
     html, rep = _html(report_store)
     led = rep["models"][0]["ledger"]
-    if led is not None:  # memgap.ledger present and the runs measured
+    if led is not None:  # memgap.analysis.ledger present and the runs measured
         envs = [b["environment"] for b in led["bars"]]
         assert envs == ["native", "sandbox"]
         assert "Memory ledger" in html

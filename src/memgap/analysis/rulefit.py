@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memgap import sizing
-from memgap.sides import (
+from memgap.analysis.sides import (
     CONTRADICTED,
     GIB,
     MIB,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memgap.ledger import CATEGORIES, Ledger, ledger_at, rows_at
+from memgap.analysis.ledger import CATEGORIES, Ledger, ledger_at, rows_at
 from memgap.units import format_bytes
 
 SUPPORTED, CONTRADICTED, NOT_MEASURED = "supported", "contradicted", "not measured"

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memgap.rulefit import MEMAVAILABLE, MEMFREE, engine_name, kv_link
-from memgap.sides import (
+from memgap.analysis.rulefit import MEMAVAILABLE, MEMFREE, engine_name, kv_link
+from memgap.analysis.sides import (
     GIB,
     MATERIAL_FLOOR_BYTES,
     MATERIAL_FRACTION,

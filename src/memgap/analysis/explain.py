@@ -2,10 +2,10 @@
 difference the numbers support, and the answer in plain words first (pure).
 
 Each side is summarised by the median of its runs, per category of the ledger
-(:mod:`memgap.ledger`) and per engine figure (:mod:`memgap.sides`). Each hypothesis
-(:mod:`memgap.hypotheses`, :mod:`memgap.rulefit`) says whether its quantity differs and
+(:mod:`memgap.analysis.ledger`) and per engine figure (:mod:`memgap.analysis.sides`). Each hypothesis
+(:mod:`memgap.analysis.hypotheses`, :mod:`memgap.analysis.rulefit`) says whether its quantity differs and
 whether that explains the KV difference through the engine's sizing rule, with the
-numbers that decided it; :mod:`memgap.answer` writes the paragraph."""
+numbers that decided it; :mod:`memgap.analysis.answer` writes the paragraph."""
 
 from __future__ import annotations
 
@@ -14,10 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from memgap.answer import Answer, Carrier, build_answer
-from memgap.hypotheses import hypotheses
-from memgap.rulefit import MEMORY_SOURCE, READS_FREE, READS_FREE_ON_UNIFIED, TrtllmFit, fit_trtllm
-from memgap.sides import (
+from memgap.analysis.answer import Answer, Carrier, build_answer
+from memgap.analysis.hypotheses import hypotheses
+from memgap.analysis.rulefit import (
+    MEMORY_SOURCE,
+    READS_FREE,
+    READS_FREE_ON_UNIFIED,
+    TrtllmFit,
+    fit_trtllm,
+)
+from memgap.analysis.sides import (
     CONTRADICTED,
     ENGINE_FIGURES,
     GIB,

@@ -1,10 +1,10 @@
 """The hypotheses ``explain`` weighs, each with the numbers that decided it (pure).
 
-Every hypothesis answers two questions apart (:class:`memgap.sides.Hypothesis`):
+Every hypothesis answers two questions apart (:class:`memgap.analysis.sides.Hypothesis`):
 ``differs`` -- does its quantity differ materially between the sides? -- and
 ``explains_kv`` -- does that difference explain the KV difference through the engine's
 sizing rule? Only a reading the rule takes can, only when the KV caches differ, and only
-by the amount the rule implies (:class:`memgap.rulefit.KvLink`).
+by the amount the rule implies (:class:`memgap.analysis.rulefit.KvLink`).
 
 The quantities are disjoint, so no byte is weighed twice: host page cache without shmem
 (``Cached - Shmem``), shmem, memory outside the run other than page cache and shmem,
@@ -17,8 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgap.rulefit import MEMAVAILABLE, MEMFREE, MEMORY_SOURCE, KvLink, kv_link, sizing_rule
-from memgap.sides import (
+from memgap.analysis.rulefit import (
+    MEMAVAILABLE,
+    MEMFREE,
+    MEMORY_SOURCE,
+    KvLink,
+    kv_link,
+    sizing_rule,
+)
+from memgap.analysis.sides import (
     CONTRADICTED,
     NOT_MEASURED,
     SUPPORTED,
