@@ -10,6 +10,15 @@ from typing import Any
 
 import pytest
 
+from memgap.analysis.sweep_curves import (
+    SweepPoint,
+    knees,
+    parting_point,
+    point_row,
+    request_from_row,
+    saturation_point,
+    sweeps_in_store,
+)
 from memgap.errors import UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import SLO
@@ -17,20 +26,13 @@ from memgap.load.spec import WorkloadSpec
 from memgap.spec import LlamaCppSpec, RunSpec
 from memgap.store import Store, open_store
 from memgap.sweep import (
-    SweepPoint,
     SweepSettings,
     fit_parallel,
-    knees,
     parse_list,
-    parting_point,
     plan_points,
-    point_row,
-    request_from_row,
     run_sweep,
-    saturation_point,
     saturation_search,
     search_saturation,
-    sweeps_in_store,
     tokens_per_request,
     workload_for,
 )

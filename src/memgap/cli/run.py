@@ -20,6 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from memgap.analysis.sweep_curves import request_from_row
 from memgap.cli.run_table import comparison_table
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.errors import Interrupted, UsageError
@@ -29,7 +30,6 @@ from memgap.load.spec import WorkloadSpec
 from memgap.runner import RECORD_VERSION, execute_run, model_identity
 from memgap.spec import ENGINES, ENVIRONMENTS, LlamaCppSpec, RunSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
-from memgap.sweep import request_from_row
 
 
 class _ProgressObserver:

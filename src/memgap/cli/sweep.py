@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from memgap.analysis.sweep_curves import SweepPoint, knees
 from memgap.cli.run import _sigterm_as_interrupt
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.envs import ENVIRONMENTS, make_environment
@@ -20,13 +21,12 @@ from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import parse_slo
 from memgap.load.spec import WorkloadSpec
+from memgap.report.sweep_html import render_html
 from memgap.spec import LlamaCppSpec, RunSpec, VllmSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import (
-    SweepPoint,
     SweepSettings,
     fit_parallel,
-    knees,
     kv_budget_of,
     parse_list,
     plan_points,
@@ -35,7 +35,6 @@ from memgap.sweep import (
     tokens_per_request,
     workload_for,
 )
-from memgap.sweep_html import render_html
 from memgap.units import format_seconds
 
 # vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of this size.

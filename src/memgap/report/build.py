@@ -162,6 +162,6 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
 
 
 def _sweeps(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str, Any]]]:
-    from memgap.sweep import sweeps_in_store  # memgap sweep's runs: one curve per KV budget
+    from memgap.analysis.sweep_curves import sweeps_in_store  # memgap sweep's runs: one curve per KV budget
 
     return sweeps_in_store(st, runs)

@@ -135,7 +135,7 @@ def render_html(rep: dict[str, Any]) -> str:
     body += [_study(s) for s in rep["studies"]]
     body += [_model(m) for m in rep["models"]]
     if rep.get("sweeps"):
-        from memgap.sweep_html import report_section
+        from memgap.report.sweep_html import report_section
 
         body += [report_section(sid, rows) for sid, rows in rep["sweeps"].items()]
     body.append("<h2>Findings</h2>")

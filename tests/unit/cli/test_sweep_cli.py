@@ -13,9 +13,9 @@ import memgap.cli.sweep as cli_sweep
 from memgap import sweep as sweep_mod
 from memgap.cli.main import main
 from memgap.load.records import RequestRecord
+from memgap.report.sweep_html import render_html
 from memgap.spec import RunSpec
 from memgap.store import Store, open_store
-from memgap.sweep_html import render_html
 
 
 def _rec(i: int, ttft: float, e2e: float) -> RequestRecord:
@@ -146,8 +146,8 @@ def test_html_escapes_everything_from_the_store() -> None:
 def test_sweep_runs_come_back_from_the_store_for_the_report(
     fake: FakeRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from memgap.sweep import point_of, sweeps_in_store
-    from memgap.sweep_html import report_section
+    from memgap.analysis.sweep_curves import point_of, sweeps_in_store
+    from memgap.report.sweep_html import report_section
 
     db = tmp_path / "s.db"
     assert main([*ARGS, "--store", str(db), "--json"]) == 0

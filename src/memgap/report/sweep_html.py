@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
+from memgap.analysis.sweep_curves import curves, knees
 from memgap.report.svg import Line, colour, line_chart
-from memgap.sweep import curves, knees
 from memgap.units import format_seconds
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
