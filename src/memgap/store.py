@@ -11,6 +11,9 @@ every older version):
   3 -- requests gain cached_prompt_tokens, finish_reason and max_tokens (every field of
        memgap.load.records.RequestRecord is stored); run records are read through
        memgap.record.load_record (upgraded, or refused when newer) (2026-12).
+  4 -- capacity_searches: one row per ``memgap capacity`` search (its settings), so a
+       search resumes from the store alone; its points are ordinary runs whose study_id
+       is the search's id (2026-12). Older stores gain the empty table.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from memgap.errors import StoreError, UsageError
 from memgap.record import load_record
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,6 +90,12 @@ CREATE TABLE IF NOT EXISTS study_runs (
     actions TEXT,                  -- JSON: cooldown wait, page-cache policy applied
     PRIMARY KEY (study_id, plan_index, attempt)
 );
+CREATE TABLE IF NOT EXISTS capacity_searches (
+    capacity_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,     -- digest of the settings
+    settings TEXT NOT NULL         -- JSON: memgap.capacity.CapacitySettings.to_dict()
+);
 """
 
 
@@ -146,10 +155,10 @@ class Store:
             self._migrate(version)
 
     def _migrate(self, from_version: int) -> None:
-        if from_version not in (1, 2):
+        if from_version not in (1, 2, 3):
             raise StoreError(f"{self.path}: no migration from schema version {from_version}")  # pragma: no cover
         with self._tx():
-            # 1 -> 2 only adds tables, which _SCHEMA has just created.
+            # 1 -> 2 and 3 -> 4 only add tables, which _SCHEMA has just created.
             # 2 -> 3: the request fields that were not stored (None for older runs).
             have = {r["name"] for r in self.db.execute("PRAGMA table_info(requests)")}
             for column, kind in (("cached_prompt_tokens", "INTEGER"), ("finish_reason", "TEXT"),
@@ -337,6 +346,35 @@ class Store:
                 " WHERE study_id = ? AND plan_index = ? AND attempt = ?",
                 (status, run_id, ended_at, note, study_id, plan_index, attempt),
             )
+
+    # -- capacity searches (schema 4) -----------------------------------------------------
+
+    def add_capacity_search(self, capacity_id: str, *, created_at: str, fingerprint: str,
+                            settings: Mapping[str, Any]) -> None:
+        try:
+            with self._tx():
+                self.db.execute(
+                    "INSERT INTO capacity_searches (capacity_id, created_at, fingerprint, settings) VALUES (?,?,?,?)",
+                    (capacity_id, created_at, fingerprint, json.dumps(settings, sort_keys=True, allow_nan=False)),
+                )
+        except sqlite3.IntegrityError:
+            raise UsageError(f"capacity search {capacity_id!r} already exists in {self.path}") from None
+
+    def capacity_search(self, capacity_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM capacity_searches WHERE capacity_id = ?", (capacity_id,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["settings"] = json.loads(d["settings"])
+        return d
+
+    def capacity_searches(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.db.execute("SELECT * FROM capacity_searches ORDER BY created_at, rowid"):
+            d = dict(r)
+            d["settings"] = json.loads(d["settings"])
+            out.append(d)
+        return out
 
     def _row(self, r: sqlite3.Row) -> StoredRun:
         record = load_record(json.loads(r["record"]), where=f"run {r['run_id']} in {self.path}").to_dict()

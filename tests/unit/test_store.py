@@ -151,6 +151,26 @@ def test_schema_two_store_gains_the_request_fields(tmp_path: Path) -> None:
         " ALTER TABLE r2 RENAME TO requests; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     con.close()
     with Store(db) as st:
-        assert st.schema_version == 3
+        assert st.schema_version == SCHEMA_VERSION
         row = st.requests("r1")[0]
         assert row["finish_reason"] is None and row["max_tokens"] is None  # not stored then: unknown
+
+
+def test_capacity_searches_are_stored_once_and_a_schema_three_store_gains_the_table(tmp_path: Path) -> None:
+    db = tmp_path / "v3.db"
+    with Store(db) as st:
+        st.add_run(record("r1"))
+    con = sqlite3.connect(db)  # a schema-3 store: no capacity_searches table
+    con.executescript("DROP TABLE capacity_searches; UPDATE meta SET value = '3' WHERE key = 'schema_version';")
+    con.close()
+    with Store(db) as st:
+        assert st.schema_version == SCHEMA_VERSION == 4
+        assert st.capacity_searches() == [] and st.capacity_search("capacity-x") is None
+        st.add_capacity_search("capacity-x", created_at="2026-12-01T00:00:00", fingerprint="f1",
+                               settings={"slo": "ttft_p99_s<=2", "arms": [{"name": "a"}]})
+        with pytest.raises(UsageError, match="already exists"):
+            st.add_capacity_search("capacity-x", created_at="2026-12-01T00:00:01", fingerprint="f2", settings={})
+        got = st.capacity_search("capacity-x")
+        assert got is not None and got["fingerprint"] == "f1" and got["settings"]["arms"] == [{"name": "a"}]
+        assert [c["capacity_id"] for c in st.capacity_searches()] == ["capacity-x"]
+        assert st.get("r1").run_id == "r1"
