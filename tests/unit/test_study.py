@@ -226,8 +226,8 @@ def test_engines_left_running_by_a_killed_run_are_named(tmp_path: Path) -> None:
 
 
 def test_variants_are_compared_apart(tmp_path: Path) -> None:
+    from memgap.analysis.compare import build_comparison
     from memgap.analysis.metrics import METRICS
-    from memgap.cli.compare import build_comparison
 
     exp = _exp('[[variants]]\nname = "small"\nengine = { ctx_size = 1024 }\n[[variants]]\nname = "big"\n')
     labels: list[str | None] = []
@@ -263,7 +263,7 @@ def test_version_one_store_is_read_and_gains_the_study_tables(tmp_path: Path) ->
     con.executescript("DROP TABLE study_runs; DROP TABLE studies; UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     con.close()
     with Store(db) as st:
-        assert SCHEMA_VERSION == 3 and st.schema_version == 3
+        assert st.schema_version == SCHEMA_VERSION
         assert [r.run_id for r in st.runs()] == ["old"] and st.study_runs() == []
         st.add_study("study:x", created_at="t", experiment_path=None, fingerprint="f", plan={"a": 1})
         assert st.study("study:x")["plan"] == {"a": 1}  # type: ignore[index]

@@ -11,6 +11,7 @@ from typing import Any
 
 from memgap.analysis.metrics import METRICS, Metric
 from memgap.analysis.quality import Observation, check_power, run_checks
+from memgap.analysis.selectors import parse_selector, select_runs
 from memgap.analysis.stats import (
     bootstrap_diff_ci,
     hedges_g,
@@ -20,6 +21,7 @@ from memgap.analysis.stats import (
     summarize,
     welch_p,
 )
+from memgap.errors import UsageError
 from memgap.store import Store, StoredRun
 
 COMPARE_SCHEMA = "memgap.compare/1"
@@ -193,3 +195,54 @@ def compare_runs(
         "groups": groups,
         "findings": [f.to_dict() for f in findings],
     }
+
+
+def parse_margin(text: str) -> float:
+    """'5%' or '0.05' -> 0.05 (a fraction of the baseline mean)."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"--margin: {text!r} is not a fraction (0.05) or a percentage (5%)") from None
+    if not (0 <= value < 1):
+        raise UsageError(f"--margin: must be in [0, 100%), got {text!r}")
+    return value
+
+
+def selected_runs(st: Store, selectors: Sequence[str]) -> list[list[StoredRun]]:
+    """One list of runs per selector (failed runs included: the checks report them);
+    with no selector, every run in the store."""
+    if not selectors:
+        runs = st.runs()
+        if not runs:
+            raise UsageError(f"no runs in {st.path}: run `memgap run` or `memgap import` first")
+        return [runs]
+    return [select_runs(st, parse_selector(s)) for s in selectors]
+
+
+def build_comparison(
+    st: Store, selectors: Sequence[str], *, metrics: Sequence[Metric], margin: float, alpha: float, seed: int
+) -> dict[str, Any]:
+    if len(selectors) > 2:
+        raise UsageError("compare takes at most two selectors (A and B); use key=value,key=value to narrow one")
+    sets = selected_runs(st, selectors)
+    iterations, excluded, variants = study_annotations(st)
+    if len(sets) == 1:
+        out = compare_runs(sets[0], metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                           iterations=iterations, excluded=excluded, variants=variants)
+    else:
+        skip = set(excluded)
+        a = [r for r in sets[0] if r.run_id not in skip]
+        b = [r for r in sets[1] if r.run_id not in skip]
+        rows = compare_sets(a, b, metrics=metrics, margin=margin, alpha=alpha, seed=seed)
+        label = f"{selectors[0]} vs {selectors[1]}"
+        both = {r.run_id: r for r in [*a, *b]}
+        full = compare_runs(list(both.values()), metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                            iterations=iterations, variants=variants)
+        for row in rows:
+            row["a"]["environment"], row["b"]["environment"] = selectors[0], selectors[1]
+        out = {**full, "groups": [{"model": label, "a": selectors[0], "b": selectors[1],
+                                   "runs": {selectors[0]: len(a), selectors[1]: len(b)}, "metrics": rows}]}
+    out["store"] = str(st.path)
+    out["selectors"] = list(selectors)
+    return out
