@@ -182,3 +182,50 @@ def vllm_max_concurrency(budget_bytes: int, layout: KvLayout, k: KvDtype, *, con
     page = block_size * layout.layer_bytes_per_token(k)
     num_blocks = budget_bytes // page // layout.layers
     return num_blocks / math.ceil(context / block_size)
+
+
+def sequences_in_kv(kv_tokens: int, tokens_per_request: int, *, block_size: int = 1) -> int:
+    """Requests of ``tokens_per_request`` (prompt + output) whose KV fits at once in
+    ``kv_tokens`` cells: ``kv_tokens // tokens_per_request``, or with paged blocks (vLLM)
+    whole blocks each, ``(kv_tokens // block) // ceil(tokens / block)``."""
+    if tokens_per_request < 1 or block_size < 1:
+        raise UsageError(f"tokens per request and block size must be >= 1 (got {tokens_per_request}, {block_size})")
+    if kv_tokens < 0:
+        raise UsageError(f"a KV capacity cannot be negative ({kv_tokens} tokens)")
+    return (kv_tokens // block_size) // math.ceil(tokens_per_request / block_size)
+
+
+# A KV-bound shape spends a quarter of each request on its prompt: a request beyond the
+# budget waits for a whole generation (output tokens x one decode step each), while the
+# compute the budget's own requests cost at once is mostly their prefill (prompt tokens
+# x requests). The longer the output relative to the prompt, the further apart the
+# first tokens of requests that got KV and of those that waited for it.
+KV_BOUND_PROMPT_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class KvBoundShape:
+    """Prompt and output lengths at which ``sequences`` requests fill a KV capacity."""
+
+    kv_tokens: int
+    sequences: int
+    tokens_per_request: int
+    prompt_tokens: int
+    output_tokens: int
+
+
+def kv_bound_shape(kv_tokens: int, sequences: int, *, prompt_share: float = KV_BOUND_PROMPT_SHARE,
+                   block_size: int = 1) -> KvBoundShape:
+    """The longest request shape of which ``sequences`` fill ``kv_tokens`` (whole blocks
+    each), so that request ``sequences + 1`` has to wait for KV: concurrency is bounded
+    by the KV budget at ``sequences``, and by compute only if the machine cannot serve
+    that many at once."""
+    if sequences < 1:
+        raise UsageError(f"sequences must be >= 1 (got {sequences})")
+    if not 0 < prompt_share < 1:
+        raise UsageError(f"the prompt's share of a request must be in (0, 1) (got {prompt_share})")
+    per = (kv_tokens // sequences) // block_size * block_size
+    if per < 2:
+        raise UsageError(f"{kv_tokens} KV tokens hold no request of 2 tokens for each of {sequences} sequences")
+    prompt = min(per - 1, max(1, round(per * prompt_share)))
+    return KvBoundShape(kv_tokens, sequences, per, prompt, per - prompt)

@@ -111,3 +111,42 @@ def test_bad_layouts_are_usage_errors() -> None:
         KvLayout(layers=2, kv_heads=1, head_dim_k=1, head_dim_v=1, swa_layers=1)
     with pytest.raises(UsageError):
         capacity(-1, SMOL, kv_dtype("f16"))
+
+
+def test_sequences_in_kv_by_cells_and_by_blocks() -> None:
+    from memgap.kv import sequences_in_kv
+
+    # llama.cpp: --ctx-size 1024 and 3072 at 256 tokens per request (the sweep test's budgets)
+    assert sequences_in_kv(1024, 256) == 4 and sequences_in_kv(3072, 256) == 12
+    assert sequences_in_kv(1023, 256) == 3
+    # vLLM: 16-token blocks, a 200-token request takes 13 blocks; 4096 tokens = 256 blocks
+    assert sequences_in_kv(4096, 200, block_size=16) == 256 // 13 == 19
+    assert sequences_in_kv(4096, 200) == 20  # without block rounding one more fits
+    with pytest.raises(UsageError):
+        sequences_in_kv(4096, 0)
+
+
+@given(st.integers(2, 10**7), st.integers(1, 512), st.sampled_from([1, 16, 128]))
+def test_kv_bound_shape_fills_the_budget_at_its_concurrency(kv: int, n: int, block: int) -> None:
+    from memgap.kv import kv_bound_shape, sequences_in_kv
+
+    try:
+        shape = kv_bound_shape(kv, n, block_size=block)
+    except UsageError:
+        assert kv // n // block * block < 2
+        return
+    assert shape.prompt_tokens >= 1 and shape.output_tokens >= 1
+    assert shape.prompt_tokens + shape.output_tokens == shape.tokens_per_request
+    # exactly n fit: the KV budget binds at n, and request n + 1 waits
+    assert sequences_in_kv(kv, shape.tokens_per_request, block_size=block) >= n
+    assert sequences_in_kv(kv, shape.tokens_per_request + block, block_size=block) < n or shape.tokens_per_request + block > kv
+
+
+def test_kv_bound_shape_for_the_sweep_budget() -> None:
+    from memgap.kv import kv_bound_shape
+
+    shape = kv_bound_shape(1024, 4)
+    assert (shape.tokens_per_request, shape.prompt_tokens, shape.output_tokens) == (256, 64, 192)
+    assert kv_bound_shape(1000, 3, prompt_share=0.5).tokens_per_request == 333
+    with pytest.raises(UsageError):
+        kv_bound_shape(10, 0)

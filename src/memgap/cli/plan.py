@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +13,12 @@ from rich.table import Table
 
 from memgap.errors import UsageError
 from memgap.kv import (
+    KV_BOUND_PROMPT_SHARE,
     KV_DTYPES,
     KvDtype,
     KvLayout,
     capacity,
+    kv_bound_shape,
     kv_dtype,
     max_context,
     vllm_max_concurrency,
@@ -88,6 +91,12 @@ def plan(
     context: Annotated[int | None, typer.Option(help="Tokens per sequence, for max sequences.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Concurrent sequences, for the longest context.")] = None,
     block_size: Annotated[int, typer.Option(help="vLLM block size, for its 'Maximum concurrency' figure.")] = 16,
+    kv_bound_at: Annotated[int | None, typer.Option(
+        help="Propose a KV-bound request shape: the prompt and output lengths at which this many "
+             "sequences fill the first budget, so a request beyond them waits for KV (memgap capacity "
+             "measures where the SLO then breaks). Sets --context.")] = None,
+    prompt_share: Annotated[float, typer.Option(
+        help="With --kv-bound-at: the prompt's share of each request (the rest is output).")] = KV_BOUND_PROMPT_SHARE,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """KV bytes per token, tokens that fit, concurrent sequences and longest context, per budget."""
@@ -97,11 +106,19 @@ def plan(
         raise UsageError("--concurrency must be positive")
     if block_size <= 0:
         raise UsageError("--block-size must be positive")
+    if kv_bound_at is not None and context is not None:
+        raise UsageError("give --kv-bound-at or --context, not both (the shape sets the context)")
     layout, default_dtype, info = _layout(model, layers, kv_heads, head_dim, head_dim_v, mla_dim, window, swa_layers)
     dtype = kv_dtype(kv_dtype_name or default_dtype)
     budgets = [(text, parse_size(text, what="--kv-budget")) for text in kv_budget]
+    shape = None
+    if kv_bound_at is not None:
+        shape = kv_bound_shape(budgets[0][1] // layout.bytes_per_token(dtype), kv_bound_at, prompt_share=prompt_share)
+        context = shape.tokens_per_request
     result = build_plan(layout, dtype, budgets, context=context, concurrency=concurrency,
                         block_size=block_size, model=info)
+    if shape is not None:
+        result["kv_bound_shape"] = {"budget": budgets[0][0], **asdict(shape)}
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -183,6 +200,13 @@ def _print(result: dict[str, Any], layout: KvLayout) -> None:
         what, key = ("sequences", "first_over_this_sequences") if result["context"] else (
             "tokens", "first_over_this_tokens")
         out.print(f"{first['label']} holds {_x(row[key])} the {what} of {row['label']}", markup=False)
+    shape = result.get("kv_bound_shape")
+    if shape:
+        out.print(f"KV-bound shape: prompt {shape['prompt_tokens']:,} + output {shape['output_tokens']:,} = "
+                  f"{shape['tokens_per_request']:,} tokens per request; {shape['budget']} holds {shape['sequences']} "
+                  "of them at once, so the next request waits for KV (llama.cpp: --ctx-size "
+                  f"{shape['kv_tokens']} --parallel {shape['sequences']}; memgap capacity --prompt-tokens "
+                  f"{shape['prompt_tokens']} --output-tokens {shape['output_tokens']})", markup=False)
     out.print("Tokens and sequences are whole units that fit, before any engine's block rounding.",
               markup=False)
 

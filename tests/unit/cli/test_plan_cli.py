@@ -78,3 +78,20 @@ def test_text_output_names_the_ratio(capsys: pytest.CaptureFixture[str]) -> None
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", *argv]) == 2
     assert "memgap: error:" in capsys.readouterr().err
+
+
+def test_kv_bound_shape_fills_the_first_budget_at_the_given_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
+    # 1024 and 3072 cells of SmolLM2 (23,040 B each): the capacity test's two budgets
+    out = run_json(capsys, "--model", str(MODELS / "smollm2-135m"), "-b", str(1024 * 23040),
+                   "-b", str(3072 * 23040), "--kv-bound-at", "4")
+    shape = out["kv_bound_shape"]
+    assert (shape["kv_tokens"], shape["tokens_per_request"], shape["prompt_tokens"], shape["output_tokens"]) == (
+        1024, 256, 64, 192)
+    assert out["context"] == 256
+    assert [b["max_sequences"] for b in out["budgets"]] == [4, 12]
+    assert out["budgets"][1]["first_over_this_sequences"] == pytest.approx(1 / 3, abs=1e-3)
+    assert main(["plan", "-b", str(1024 * 23040), "--model", str(MODELS / "smollm2-135m"), "--kv-bound-at", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "prompt 64 + output 192 = 256 tokens per request" in printed and "--ctx-size 1024 --parallel 4" in printed
+    assert main(["plan", "-b", "1GiB", "--model", str(MODELS / "smollm2-135m"), "--kv-bound-at", "4",
+                 "--context", "100"]) != 0
