@@ -29,6 +29,12 @@ engine = { kv_type = "q8_0" }
 [[metrics]]                          # primary metrics of iterations = "auto"
 name = "kv_cache_bytes"
 margin = 0                           # absolute (in the metric's unit) or "10%"
+
+[cluster]                            # optional: run on a Ray cluster (memgap.fleet)
+address = "auto"                     # or "HOST:6379", "ray://HOST:10001"; --ray overrides it
+hosts = ["spark", "gh200"]           # node labels (memgap-host) or hostnames: the host axis;
+                                     # none: every node that declares a memgap_slot
+retry_lost = true                    # a run whose node died is retried once on another node
 ```
 
 tomllib reports no line for a key, so ``key_lines`` finds them in the text itself.
@@ -107,6 +113,24 @@ class CooldownSection(_Model):
     poll_s: float = Field(5.0, gt=0)
 
 
+class ClusterSection(_Model):
+    """Where a study runs on a Ray cluster (memgap.fleet). Only ``hosts`` is part of the
+    plan: the address and the retry policy change no run, so they may change on resume."""
+
+    address: str | None = None
+    hosts: list[str] = Field(default_factory=list)
+    retry_lost: bool = False
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        if any(not h.strip() for h in v):
+            raise ValueError("a host name may not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each host once, got {v}")
+        return v
+
+
 class Variant(_Model):
     """One set of cells: the base spec's engine and environment with these keys changed."""
 
@@ -148,6 +172,7 @@ class Experiment(_Model):
 
     study: StudySection
     cooldown: CooldownSection = CooldownSection.model_validate({})
+    cluster: ClusterSection = ClusterSection.model_validate({})
     slo: str = ""
     engine: dict[str, Any] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
@@ -198,10 +223,14 @@ class Experiment(_Model):
 
     def plan_settings(self) -> dict[str, Any]:
         """What decides the plan and what its runs measure; a change refuses resume.
-        (Cooldown, store and label are left out: changing them changes no run.)"""
+        (Cooldown, store, label and the cluster's address are left out: changing them
+        changes no run. The host axis is in, only when there is one, so a study planned
+        before [cluster] existed keeps its fingerprint.)"""
         d = self.model_dump(mode="json")
         study = {k: v for k, v in d["study"].items() if k not in ("store", "label")}
-        out = {**{k: v for k, v in d.items() if k not in ("cooldown", "study")}, "study": study}
+        out = {**{k: v for k, v in d.items() if k not in ("cooldown", "study", "cluster")}, "study": study}
+        if self.cluster.hosts:
+            out["cluster"] = {"hosts": list(self.cluster.hosts)}
         # The base spec with every default filled in, so a changed default is a change too.
         spec = self.cell_spec(environment="sandbox").to_dict()
         for section in ("engine", "environment", "workload", "sampler", "timeouts", "slo"):

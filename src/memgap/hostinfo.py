@@ -1,10 +1,15 @@
-"""Facts about the machine a run happened on, recorded with every run (STYLE.md, 6)."""
+"""Facts about the machine a run happened on, recorded with every run (STYLE.md, 6).
+
+A run made on a Ray cluster (memgap.fleet) also carries ``name``: the node's host name in
+the study (its ``memgap-host`` label, else its hostname), which compare and report group by;
+``hostname`` stays what the kernel says."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +52,39 @@ def host_facts(proc_root: Path = Path("/proc")) -> dict[str, Any]:
         "cgroup_version": cg.version if cg else None,
         "memgap_cgroup": cg.relpath if cg else None,
         "gpus": _gpus(),
+        "gpu_driver": _gpu_driver(),
         "python": sys.version.split()[0],
         "python_impl": platform.python_implementation(),
         "memgap_version": __version__,
     }
+
+
+def host_name(record: Mapping[str, Any]) -> str | None:
+    """The host a stored run ran on, as a study names it: the cluster's name for the node,
+    else the hostname; None for a record without host facts (an imported one)."""
+    host = record.get("host") or {}
+    name = host.get("name") or host.get("hostname")
+    return str(name) if name else None
+
+
+def _gpu_driver() -> str | None:
+    """The NVIDIA driver's version, or None without NVML (no driver, no GPU)."""
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no library, no driver: no version
+        return None
+    try:
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001, S110
+            pass
 
 
 def _os_release() -> str | None:

@@ -1,10 +1,13 @@
 """The plan of a study: which runs, in which order, and what happens between them.
 
-Cells are model x variant x environment. Runs are laid out in **randomized blocks**:
+Cells are model x variant x environment (x host, for a study on a Ray cluster: see
+``memgap.fleet``). Runs are laid out in **randomized blocks**:
 each block holds one run of every cell, in an order shuffled by a ``random.Random``
 seeded from the study's seed, so environments are interleaved in time and the order can
 be reproduced (and resumed) from the seed alone. Never all-A-then-all-B: that confounds
 the environment with time, and with whatever builds up over time (page cache, heat).
+With a host axis each block holds every host's cells, so the runs of one host, taken in
+plan order, are randomized blocks of that host's cells: each host is fair on its own.
 
 Between runs: a cooldown (a fixed pause and/or until a temperature falls below a
 threshold, NVML GPU temperature first, else the hottest hwmon sensor or thermal zone,
@@ -33,14 +36,18 @@ class Cell:
     model: str  # the model path as written, or "embedded"
     variant: str  # a [[variants]] name, or "base" when there are none
     environment: str
+    host: str | None = None  # a study on a Ray cluster: the host (memgap.fleet)
 
     @property
     def group(self) -> tuple[str, str]:
-        """Runs of one group are compared across environments."""
+        """Runs of one group are compared across environments (on each host apart)."""
         return (self.model, self.variant)
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        d = asdict(self)
+        if self.host is None:  # a one-machine study's cells are stored as before
+            del d["host"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class PlannedRun:
 def cells(exp: Experiment) -> list[Cell]:
     models = exp.models or [EMBEDDED_MODEL]
     variants = [v.name for v in exp.variants] or [BASE_VARIANT]
-    return [Cell(m, v, e) for m in models for v in variants for e in exp.study.environments]
+    hosts: list[str | None] = list(exp.cluster.hosts) or [None]
+    return [Cell(m, v, e, h) for m in models for v in variants for e in exp.study.environments for h in hosts]
 
 
 def block_count(exp: Experiment) -> int:

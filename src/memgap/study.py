@@ -10,12 +10,13 @@ recorded as ``interrupted`` and redone. The study's identity is its ``[study] na
 study whose plan-relevant settings changed is refused, naming what changed.
 
 With ``iterations = "auto"`` a group (model x variant) gets no more blocks once every
-primary metric's sequential verdict (``memgap.analysis.stats.sequential_verdict``) is settled."""
+primary metric's sequential verdict (``memgap.analysis.stats.sequential_verdict``) is settled; with
+a host axis (``memgap.fleet``) each host's group settles on its own runs."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from memgap.analysis.study_outcome import StudyOutcome, finished_runs, group_state, study_outcome
@@ -23,6 +24,7 @@ from memgap.engines.base import Engine
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.experiment import Experiment, plan_changes
+from memgap.hostinfo import host_name
 from memgap.matrix import (
     EMBEDDED_MODEL,
     Cell,
@@ -34,7 +36,7 @@ from memgap.matrix import (
 )
 from memgap.runner import RunObserver, execute_run
 from memgap.spec import RunSpec
-from memgap.store import Store
+from memgap.store import Store, StoredRun
 
 INTERRUPTED_PREFIX = "interrupted"
 
@@ -91,7 +93,7 @@ def reconcile(store: Store, study_id: str) -> list[str]:
     for row in rows:
         if row["status"] != "started":
             continue
-        match = [r for r in orphans if r.created_at >= row["started_at"]]
+        match = [r for r in orphans if _fits(r, row["cell"], row["started_at"])]
         run = match[0] if match else None
         if run is not None:
             orphans.remove(run)
@@ -103,9 +105,18 @@ def reconcile(store: Store, study_id: str) -> list[str]:
         store.end_study_run(study_id, plan_index=row["plan_index"], attempt=row["attempt"], status=status,
                             run_id=run.run_id if run else None, ended_at=_now(), note=note)
         notes.append(f"plan entry {row['plan_index']} (attempt {row['attempt']}): {status}: {note}")
-        if run is None:
+        if run is None and row["cell"].get("host") is None:  # a node's engine died with its Ray task
             notes += leftover_engines(row["started_at"])
     return notes
+
+
+def _fits(run: StoredRun, cell: Mapping[str, Any], started_at: str) -> bool:
+    """Whether a stored run nobody noted can be the run of this started attempt. On a
+    cluster the run's clock is its node's, which may be behind the driver's; but a host
+    runs one attempt at a time, so its environment and host name it there."""
+    if cell.get("host") is None:
+        return run.created_at >= started_at
+    return run.environment == cell.get("environment") and host_name(run.record) == cell["host"]
 
 
 def leftover_engines(started_at: str) -> list[str]:
@@ -142,6 +153,9 @@ def run_study(
     page_cache: Callable[..., dict[str, Any]] = page_cache_action,
     on_run: Callable[[PlannedRun, str], None] | None = None,
 ) -> StudyOutcome:
+    if exp.cluster.hosts:
+        raise UsageError("a study with [cluster] hosts runs on a Ray cluster: give --ray ADDRESS "
+                         "or [cluster] address (memgap.fleet)")
     resumed = open_study(store, exp, experiment_path)
     notes = reconcile(store, exp.study_id) if resumed else []
     plan = plan_runs(exp)

@@ -40,10 +40,15 @@ def iteration_of(run: StoredRun, iterations: Mapping[str, int] | None = None) ->
 
 
 def group_name(run: StoredRun, variants: Mapping[str, str] | None = None) -> str:
-    """The model, and the study variant when there is one: runs of different variants
-    differ in their engine or environment options and are never pooled."""
+    """The model, the study variant when there is one, and the host of a run made on a
+    cluster: runs of different variants differ in their engine or environment options,
+    runs of different hosts in the machine, and are never pooled."""
     v = (variants or {}).get(run.run_id)
-    return f"{run.model or '-'} [{v}]" if v and v != "base" else (run.model or "-")
+    name = f"{run.model or '-'} [{v}]" if v and v != "base" else (run.model or "-")
+    # A run made on a cluster (memgap.fleet) names its host: hosts are compared apart,
+    # never pooled (another machine is another population).
+    host = (run.record.get("host") or {}).get("name")
+    return f"{name} @ {host}" if host else name
 
 
 def study_annotations(st: Store) -> tuple[dict[str, int], list[str], dict[str, str]]:

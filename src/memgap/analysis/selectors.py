@@ -6,7 +6,8 @@ One grammar for every command that reads the store (explain, compare, report)::
     environment=sandbox              every run whose column equals the value
     model=deepseek,environment=native,status=ok
 
-Keys are the store's indexed columns (``FIELDS``). Values are taken verbatim after
+Keys are the store's indexed columns and ``host`` (``FIELDS``; ``host`` is the run's host
+as a study on a cluster names it, else its hostname: ``memgap.hostinfo.host_name``). Values are taken verbatim after
 stripping surrounding spaces; a value may not contain ``,`` or ``=``. The parser is pure;
 ``select_runs`` is the thin reader over a :class:`memgap.store.Store`."""
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from memgap.errors import UsageError
+from memgap.hostinfo import host_name
 from memgap.store import Store, StoredRun
 
 FIELDS: tuple[str, ...] = (
-    "environment", "model", "engine", "label", "status", "study_id", "source", "run_id",
+    "environment", "model", "engine", "label", "status", "study_id", "source", "run_id", "host",
 )
 
 # For a command's help text: what a selector argument accepts.
@@ -88,7 +90,10 @@ def select_runs(store: Store, selector: Selector | str, *, default_status: str |
     where = dict(sel.where)
     if default_status is not None and "status" not in where:
         where["status"] = default_status
+    host = where.pop("host", None)  # in the record, not a column: filtered here
     runs = store.runs(where=where)
+    if host is not None:
+        runs = [r for r in runs if host_name(r.record) == host]
     if not runs:
         extra = f" and status={default_status}" if default_status and "status" not in sel.where else ""
         known = _known_values(store, [k for k in sel.where if k != "run_id"])
@@ -118,8 +123,8 @@ def _known_values(store: Store, keys: list[str]) -> str:
     runs = store.runs()
     parts = []
     for k in keys:
-        vals = sorted({str(getattr(r, k, None) if k != "source" else r.record.get("source", "memgap"))
-                       for r in runs})
+        vals = sorted({str(host_name(r.record) if k == "host" else getattr(r, k, None) if k != "source"
+                           else r.record.get("source", "memgap")) for r in runs})
         if vals:
             parts.append(f"{k}: {', '.join(vals[:10])}")
     return f" (the store has {'; '.join(parts)})" if parts else " (the store is empty)"

@@ -143,10 +143,14 @@ def run_command(
     label: Annotated[str | None, typer.Option(help="Free-form label stored with each run.", show_default=False)] = None,
     store: Annotated[Path, typer.Option(help="SQLite results store.")] = Path("memgap.db"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    ray: Annotated[str | None, typer.Option("--ray", help="With an experiment file: run the study on the Ray cluster at this address (auto, HOST:PORT, ray://HOST:10001), one run per memgap node at a time, the host as an axis; overrides [cluster] address.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With an experiment file: continue the study already in the store (refused when there is none); a study resumes by its name either way.")] = False,
 ) -> int:
     """Run the engine and workload in each environment, measure memory at every layer, store and compare."""
     params = dict(locals())
     given = {name: params[name] for name in params if name not in ("ctx",) and _given(ctx, name)}
+    if experiment is None and (ray is not None or resume):
+        raise UsageError("--ray and --resume run a study: give its experiment file (memgap run study.toml --ray auto)")
     if experiment is not None:
         from memgap.cli.run_study import run_experiment
 

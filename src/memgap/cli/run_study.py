@@ -1,7 +1,9 @@
 """``memgap run EXPERIMENT.toml``: run a study from an experiment file, or resume it.
 
 Options given on the command line override the file's settings (an override that changes
-the plan of a stored study is refused like an edit of the file would be)."""
+the plan of a stored study is refused like an edit of the file would be). With ``--ray
+ADDRESS`` (or ``[cluster] address``) the study runs on a Ray cluster (``memgap.fleet``);
+``--resume`` insists that the study is already in the store."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def apply_overrides(exp: Experiment, given: Mapping[str, Any]) -> Experiment:
     if "label" in given:
         doc["study"]["label"] = given["label"]
     flags = {k: v for k, v in given.items() if k not in ("env", "label", "set_", "store", "as_json",
-                                                         "experiment", "spec_file", "print_spec")}
+                                                         "experiment", "spec_file", "print_spec", "ray", "resume")}
     overrides = overrides_from_flags(flags, given.get("set_") or ())
     if "engine.model" in overrides:
         doc["engine"]["models"] = [overrides.pop("engine.model")[0]]
@@ -83,8 +85,15 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], gi
         store = Path(params["store"])
     else:
         store = path.parent / exp.study.store
-    for env in exp.study.environments:  # fail before the first run, naming what is missing
-        make_env(exp, Cell("-", exp.variants[0].name if exp.variants else "base", env)).check()
+    address = given.get("ray") or exp.cluster.address
+    if params.get("resume"):
+        with open_store(store) as st:
+            if st.study(exp.study_id) is None:
+                raise UsageError(f"--resume: study {exp.study.name!r} is not in {store}; nothing to resume "
+                                 "(run it without --resume to start it)")
+    if address is None:  # on a cluster, each node is checked through Ray (memgap.fleet)
+        for env in exp.study.environments:  # fail before the first run, naming what is missing
+            make_env(exp, Cell("-", exp.variants[0].name if exp.variants else "base", env)).check()
     err = Console(stderr=True, highlight=False)
     obs = _LineObserver(err)
     total = len(plan_runs(exp))
@@ -92,13 +101,23 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], gi
     def on_run(p: PlannedRun, what: str) -> None:
         obs.prefix = f"[block {p.block}, run {p.index + 1}/{total}] "
 
+    def on_fleet_run(p: PlannedRun, host: str, what: str) -> None:
+        obs.prefix = f"[{host}, block {p.block}, plan entry {p.index + 1}] "
+        obs.phase(p.cell.environment, "started" if what == "start" else f"done ({what})")
+
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         with open_store(store) as st:
-            out = run_study(exp, st, experiment_path=str(path), observer=obs, on_run=on_run)
+            if address is not None:
+                from memgap.fleet.driver import run_fleet_study
+
+                out = run_fleet_study(exp, st, address=address, experiment_path=str(path), on_event=on_fleet_run)
+            else:
+                out = run_study(exp, st, experiment_path=str(path), observer=obs, on_run=on_run)
     except KeyboardInterrupt:
+        again = f"memgap run {path}" + (f" --ray {address} --resume" if address else "")
         raise Interrupted(
-            f"interrupted; the run in progress was recorded as interrupted. Resume with: memgap run {path}"
+            f"interrupted; the run in progress was recorded as interrupted. Resume with: {again}"
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -109,10 +128,11 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], gi
     con.print(f"study {exp.study.name} ({'resumed' if out.resumed else 'new'}) in {store}: "
               f"{len(out.runs_this_time)} run(s) this time, {out.runs_finished} finished in all", markup=False)
     for note in out.notes:
-        con.print(f"  resumed: {note}", markup=False)
+        con.print(f"  {'resumed' if out.resumed else 'note'}: {note}", markup=False)
     for g in out.groups:
         status = "settled" if g.settled else "not settled"
-        con.print(f"{g.model} / {g.variant}: {status} after {g.blocks_run} block(s)", markup=False)
+        on = f" on {g.host}" if g.host else ""
+        con.print(f"{g.model} / {g.variant}{on}: {status} after {g.blocks_run} block(s)", markup=False)
         for name, v in g.verdicts.items():
             con.print(f"  {name}: {v['verdict']} (n={v['n']} pairs)", markup=False)
     if exp.study.iterations == "auto":
