@@ -1,7 +1,9 @@
 """Environments compared per model: the numbers behind ``memgap compare`` and reports.
 
 Pure: takes stored runs, returns a JSON-ready dict (``COMPARE_SCHEMA``). Differences are
-``b - a`` where ``a`` is the baseline environment (``native`` when present)."""
+``b - a`` where ``a`` is the baseline environment (``native`` when present). A metric a
+study declared is judged against the study's margin (:mod:`memgap.analysis.margins`),
+every other one against ``--margin``; each row says which (``margin_rule``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from memgap.analysis.margins import Margin, as_margin, margins_for, study_margins
 from memgap.analysis.metrics import METRICS, Metric
 from memgap.analysis.quality import Observation, check_power, run_checks
 from memgap.analysis.selectors import parse_selector, select_runs
@@ -93,9 +96,11 @@ def baseline_first(environments: Sequence[str]) -> list[str]:
 
 def compare_metric(
     metric: Metric, a: Sequence[float | None], b: Sequence[float | None], *,
-    margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
+    margin: float | Margin = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
 ) -> dict[str, Any] | None:
-    """One metric, two groups; None when either group has no value for it."""
+    """One metric, two groups; None when either group has no value for it. ``margin``: a
+    fraction of the baseline mean, or a :class:`Margin` (a study's)."""
+    rule = as_margin(margin)
     sa, sb = summarize(a), summarize(b)
     if sa.n == 0 or sb.n == 0 or sa.mean is None or sb.mean is None:
         return None
@@ -121,7 +126,8 @@ def compare_metric(
         "p_holm": None,  # filled in across the metrics of one comparison
         "effect_size": hedges_g(xa, xb),
         "effect_size_kind": "hedges_g",
-        "margin": margin * abs(sa.mean),
+        "margin": rule.bound(sa.mean),
+        "margin_rule": rule.to_dict(),
         "runs_needed": runs_to_detect(diff, pooled, alpha=alpha) if pooled is not None and diff else None,
         "verdict": None,
     }
@@ -141,13 +147,16 @@ def _verdict(m: dict[str, Any], alpha: float) -> str:
 def compare_sets(
     a_runs: Sequence[StoredRun], b_runs: Sequence[StoredRun], *,
     metrics: Sequence[Metric] = METRICS, margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
+    margins: Mapping[str, Margin] | None = None,
 ) -> list[dict[str, Any]]:
+    """Every metric with values on both sides; ``margins`` (by metric name) replace
+    ``margin`` where given."""
     ok_a = [r for r in a_runs if r.status == "ok"]
     ok_b = [r for r in b_runs if r.status == "ok"]
     rows = []
     for m in metrics:
         c = compare_metric(m, [m.read(r.record) for r in ok_a], [m.read(r.record) for r in ok_b],
-                           margin=margin, alpha=alpha, seed=seed)
+                           margin=(margins or {}).get(m.name, margin), alpha=alpha, seed=seed)
         if c is not None:
             rows.append(c)
     for row, p in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
@@ -160,11 +169,12 @@ def compare_runs(
     runs: Sequence[StoredRun], *,
     metrics: Sequence[Metric] = METRICS, margin: float = DEFAULT_MARGIN, alpha: float = 0.05, seed: int = 0,
     iterations: Mapping[str, int] | None = None, excluded: Sequence[str] = (),
-    variants: Mapping[str, str] | None = None,
+    variants: Mapping[str, str] | None = None, declared: Mapping[str, Mapping[str, Margin]] | None = None,
 ) -> dict[str, Any]:
     """Per model, every environment against the baseline; plus the quality findings.
     ``excluded`` run ids (e.g. runs a study recorded as interrupted and redid) are left
-    out of the statistics and of the checks."""
+    out of the statistics and of the checks. ``declared``: the margins studies declared
+    (``{study_id: {metric: Margin}}``), used for the runs of those studies."""
     skip = set(excluded)
     runs = [r for r in runs if r.run_id not in skip]
     by_model: dict[str, list[StoredRun]] = defaultdict(list)
@@ -177,8 +187,9 @@ def compare_runs(
         envs = baseline_first([r.environment for r in rs])
         for eb in envs[1:]:
             ea = envs[0]
-            rows = compare_sets([r for r in rs if r.environment == ea], [r for r in rs if r.environment == eb],
-                                metrics=metrics, margin=margin, alpha=alpha, seed=seed)
+            ra, rb = [r for r in rs if r.environment == ea], [r for r in rs if r.environment == eb]
+            rows = compare_sets(ra, rb, metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                                margins=margins_for([*ra, *rb], declared))
             for row in rows:
                 row["a"]["environment"], row["b"]["environment"] = ea, eb
                 flat.append({**row, "model": model})
@@ -196,6 +207,7 @@ def compare_runs(
         "schema": COMPARE_SCHEMA,
         "alpha": alpha,
         "margin_relative": margin,
+        "margins_declared": {sid: {k: m.to_dict() for k, m in ms.items()} for sid, ms in (declared or {}).items()},
         "bootstrap_seed": seed,
         "groups": groups,
         "findings": [f.to_dict() for f in findings],
@@ -232,18 +244,20 @@ def build_comparison(
         raise UsageError("compare takes at most two selectors (A and B); use key=value,key=value to narrow one")
     sets = selected_runs(st, selectors)
     iterations, excluded, variants = study_annotations(st)
+    declared = study_margins(st, [r for s in sets for r in s])
     if len(sets) == 1:
         out = compare_runs(sets[0], metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                           iterations=iterations, excluded=excluded, variants=variants)
+                           iterations=iterations, excluded=excluded, variants=variants, declared=declared)
     else:
         skip = set(excluded)
         a = [r for r in sets[0] if r.run_id not in skip]
         b = [r for r in sets[1] if r.run_id not in skip]
-        rows = compare_sets(a, b, metrics=metrics, margin=margin, alpha=alpha, seed=seed)
+        rows = compare_sets(a, b, metrics=metrics, margin=margin, alpha=alpha, seed=seed,
+                            margins=margins_for([*a, *b], declared))
         label = f"{selectors[0]} vs {selectors[1]}"
         both = {r.run_id: r for r in [*a, *b]}
         full = compare_runs(list(both.values()), metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                            iterations=iterations, variants=variants)
+                            iterations=iterations, variants=variants, declared=declared)
         for row in rows:
             row["a"]["environment"], row["b"]["environment"] = selectors[0], selectors[1]
         out = {**full, "groups": [{"model": label, "a": selectors[0], "b": selectors[1],

