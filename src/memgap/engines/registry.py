@@ -129,7 +129,7 @@ def engine_for_run(spec: RunSpec) -> Engine | SelfDrivenEngine:
 
         w = spec.workload
         load = BenchLoad(num_requests=w.requests, input_len=w.prompt_tokens, output_len=w.output_tokens,
-                         concurrency=w.concurrency)
+                         concurrency=w.concurrency, warmup=w.warmup_requests)
         engine: Any = make_engine(spec.engine, load=load)
     else:
         engine = make_engine(spec.engine)

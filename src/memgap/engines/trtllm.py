@@ -91,6 +91,9 @@ class BenchLoad:
     input_len: int = 128
     output_len: int = 128
     concurrency: int | None = None
+    warmup: int | None = None  # None: trtllm-bench's own (2)
+    # memgap's client streams; throughput --streaming does too, and its report then has TTFT
+    streaming: bool = True
 
 
 class TrtllmBench:
@@ -106,6 +109,11 @@ class TrtllmBench:
         opts.require_model()
         if opts.backend not in ("pytorch", "tensorrt"):
             raise UsageError(f"engine.backend: trtllm-bench runs pytorch or tensorrt, not {opts.backend!r}")
+        if Path(opts.model).exists():
+            # tensorrt_llm/bench/dataclasses/general.py, BenchmarkEnvironment.verify_model_name:
+            # "Model is a file or directory, please provide a model name."
+            raise UsageError(f"engine.model: trtllm-bench takes a model name, not the path {opts.model!r}; "
+                             "give the local checkpoint as engine.model_path")
         self.opts = opts
         self.load = load or BenchLoad()
         for name in ("num_requests", "input_len", "output_len", "concurrency"):
@@ -129,7 +137,9 @@ class TrtllmBench:
         return workdir / "dataset.jsonl"
 
     def engine_dir(self, workdir: Path) -> Path:
-        return workdir / "engine"
+        """Where ``build`` saves the engine: tensorrt_llm/bench/build/build.py,
+        ``Path(bench_env.workspace, model_name, f"tp_{tp_size}_pp_{pp_size}")``."""
+        return workdir / self.opts.model / f"tp_{self.opts.tp_size}_pp_1"
 
     def report_path(self, workdir: Path) -> Path:
         return workdir / "report.json"
@@ -163,6 +173,10 @@ class TrtllmBench:
             argv += ["--kv_cache_free_gpu_mem_fraction", f"{o.free_gpu_memory_fraction:g}"]
         if load.concurrency is not None:
             argv += ["--concurrency", str(load.concurrency)]
+        if load.warmup is not None:
+            argv += ["--warmup", str(load.warmup)]
+        if load.streaming:
+            argv.append("--streaming")
         if o.max_batch_size is not None:
             argv += ["--max_batch_size", str(o.max_batch_size)]
         argv += list(o.extra_args)

@@ -64,7 +64,9 @@ def test_bench_tensorrt_builds_first(tmp_path: Path) -> None:
     b = TrtllmBench(TrtllmSpec(mode="bench", model="m", backend="tensorrt"))
     steps = [list(s.argv) for s in b.commands(tmp_path)]
     assert [("build" in s, "throughput" in s) for s in steps] == [(False, False), (True, False), (False, True)]
-    assert steps[2][steps[2].index("--engine_dir") + 1] == str(tmp_path / "engine")
+    # where build saves it (bench/build/build.py: workspace / model / tp_{tp}_pp_{pp})
+    assert steps[1][steps[1].index("--workspace") + 1] == str(tmp_path)
+    assert steps[2][steps[2].index("--engine_dir") + 1] == str(tmp_path / "m" / "tp_1_pp_1")
 
 
 def test_bad_options() -> None:

@@ -89,7 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path == "/v1/models" and self.server.state.models:
+        if self.path == "/health":  # llama.cpp's server, once its model is loaded
+            self._json(200, {"status": "ok"})
+        elif self.path == "/v1/models" and self.server.state.models:
             self._json(
                 200, {"object": "list", "data": [{"id": m} for m in self.server.state.models]}
             )
