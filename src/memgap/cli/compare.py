@@ -4,7 +4,6 @@ intervals, tests and quality findings."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,62 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memgap.analysis.compare import DEFAULT_MARGIN, compare_runs, compare_sets, study_annotations
-from memgap.analysis.metrics import BY_NAME, METRICS, Metric, metric
-from memgap.analysis.selectors import parse_selector, select_runs
+from memgap.analysis.compare import DEFAULT_MARGIN, build_comparison, parse_margin
+from memgap.analysis.metrics import BY_NAME, METRICS, metric
 from memgap.errors import UsageError
-from memgap.store import Store, StoredRun, open_store
-
-
-def parse_margin(text: str) -> float:
-    """'5%' or '0.05' -> 0.05 (a fraction of the baseline mean)."""
-    t = text.strip()
-    try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise UsageError(f"--margin: {text!r} is not a fraction (0.05) or a percentage (5%)") from None
-    if not (0 <= value < 1):
-        raise UsageError(f"--margin: must be in [0, 100%), got {text!r}")
-    return value
-
-
-def selected_runs(st: Store, selectors: Sequence[str]) -> list[list[StoredRun]]:
-    """One list of runs per selector (failed runs included: the checks report them);
-    with no selector, every run in the store."""
-    if not selectors:
-        runs = st.runs()
-        if not runs:
-            raise UsageError(f"no runs in {st.path}: run `memgap run` or `memgap import` first")
-        return [runs]
-    return [select_runs(st, parse_selector(s)) for s in selectors]
-
-
-def build_comparison(
-    st: Store, selectors: Sequence[str], *, metrics: Sequence[Metric], margin: float, alpha: float, seed: int
-) -> dict[str, Any]:
-    if len(selectors) > 2:
-        raise UsageError("compare takes at most two selectors (A and B); use key=value,key=value to narrow one")
-    sets = selected_runs(st, selectors)
-    iterations, excluded, variants = study_annotations(st)
-    if len(sets) == 1:
-        out = compare_runs(sets[0], metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                           iterations=iterations, excluded=excluded, variants=variants)
-    else:
-        skip = set(excluded)
-        a = [r for r in sets[0] if r.run_id not in skip]
-        b = [r for r in sets[1] if r.run_id not in skip]
-        rows = compare_sets(a, b, metrics=metrics, margin=margin, alpha=alpha, seed=seed)
-        label = f"{selectors[0]} vs {selectors[1]}"
-        both = {r.run_id: r for r in [*a, *b]}
-        full = compare_runs(list(both.values()), metrics=metrics, margin=margin, alpha=alpha, seed=seed,
-                            iterations=iterations, variants=variants)
-        for row in rows:
-            row["a"]["environment"], row["b"]["environment"] = selectors[0], selectors[1]
-        out = {**full, "groups": [{"model": label, "a": selectors[0], "b": selectors[1],
-                                   "runs": {selectors[0]: len(a), selectors[1]: len(b)}, "metrics": rows}]}
-    out["store"] = str(st.path)
-    out["selectors"] = list(selectors)
-    return out
+from memgap.store import open_store
 
 
 def _fmt_p(p: float | None) -> str:

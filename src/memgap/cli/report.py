@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from memgap.analysis.compare import DEFAULT_MARGIN
+from memgap.analysis.compare import DEFAULT_MARGIN, build_comparison, parse_margin, selected_runs
 from memgap.analysis.metrics import METRICS
-from memgap.cli.compare import build_comparison, parse_margin, selected_runs
 from memgap.errors import UsageError
 from memgap.report.build import build_report
 from memgap.report.html import render_html

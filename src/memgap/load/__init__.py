@@ -1,19 +1,6 @@
-"""OpenAI-compatible streaming load: workload specs, the client, per-request records
-and the summary derived from them."""
+"""OpenAI-compatible streaming load: workload specs (``load.spec``), the client
+(``load.client``), per-request records and the summary derived from them
+(``load.records``), service-level objectives (``load.slo``).
 
-from memgap.load.client import WorkloadResult, run_workload, run_workload_sync
-from memgap.load.prompts import build_prompt
-from memgap.load.records import Percentiles, RequestRecord, WorkloadSummary, summarize
-from memgap.load.spec import WorkloadSpec
-
-__all__ = [
-    "Percentiles",
-    "RequestRecord",
-    "WorkloadResult",
-    "WorkloadSpec",
-    "WorkloadSummary",
-    "build_prompt",
-    "run_workload",
-    "run_workload_sync",
-    "summarize",
-]
+Import the module you use: this package's ``__init__`` imports nothing, so reading stored
+requests or an SLO (``memgap.analysis``) never loads the HTTP client."""
