@@ -479,3 +479,4 @@ class Sampler:
         row["kv_usage_ratio"] = m.kv_usage_ratio
         row["requests_running"] = m.requests_running
         row["requests_waiting"] = m.requests_waiting
+        row["preemptions_total"] = m.preemptions_total

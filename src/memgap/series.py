@@ -35,8 +35,10 @@ PROCESS_COLUMNS = (
 )
 # gpu_process_used_bytes: NVML's per-process used memory summed over the engine's
 # processes (0 when NVML works and none of them holds GPU memory).
+# preemptions_total: the engine's counter of requests it evicted for lack of KV
+# (vllm:num_preemptions_total); its rise over the workload is what a load point cost.
 SPARSE_COLUMNS = ("process_pss_bytes", "kv_usage_ratio", "requests_running", "requests_waiting",
-                  "gpu_process_used_bytes")
+                  "gpu_process_used_bytes", "preemptions_total")
 COLUMNS = ("t_s", *HOST_COLUMNS, *CGROUP_COLUMNS, *PROCESS_COLUMNS, *SPARSE_COLUMNS)
 
 

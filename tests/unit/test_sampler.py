@@ -151,3 +151,16 @@ def test_a_mark_walks_the_tree_afresh(tmp_path: Path, native: bool) -> None:
     s.mark("ready")
     series = s.stop()
     assert series.columns["process_count"] == [1, 1, 2]
+
+
+def test_engine_queue_kv_usage_and_preemptions_from_metrics(tmp_path: Path, native: bool) -> None:
+    proc = make_proc(tmp_path)
+    text = ("vllm:kv_cache_usage_perc{engine=\"0\"} 0.75\nvllm:num_requests_running{engine=\"0\"} 3\n"
+            "vllm:num_requests_waiting{engine=\"0\"} 2\nvllm:num_preemptions_total{engine=\"0\"} 5\n")
+    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=10, metrics_interval_s=0, native=native), proc_root=proc,
+                metrics_fetch=lambda: text, gpu_read=None)  # fmt: skip
+    s._t0 = time.monotonic()
+    s.sample()
+    c = s.stop().columns
+    assert (c["kv_usage_ratio"][-1], c["requests_running"][-1], c["requests_waiting"][-1]) == (0.75, 3.0, 2.0)
+    assert c["preemptions_total"][-1] == 5.0
