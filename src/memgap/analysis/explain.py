@@ -75,6 +75,12 @@ class Explanation:
     def hypothesis(self, name: str) -> Hypothesis:
         return next(h for h in self.hypotheses if h.name == name)
 
+    def verdicts(self) -> list[dict[str, Any]]:
+        """Both questions of every hypothesis, as a report shows them: does its quantity
+        differ, and does that explain the KV difference through the engine's rule."""
+        return [{"hypothesis": h.name, "claim": h.claim, "differs": h.differs, "explains_kv": h.explains_kv,
+                 "verdict": h.verdict, "why": h.kv_evidence or h.evidence} for h in self.hypotheses]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "explain_version": EXPLAIN_VERSION,

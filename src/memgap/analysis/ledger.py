@@ -57,6 +57,9 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 TITLES: Mapping[str, str] = dict(CATEGORIES)
 RUN_CATEGORIES = ("model_weights_anon", "kv_cache", "compute_buffers", "engine_anon_other",
                   "page_cache_mapped", "page_cache_unmapped", "shmem", "kernel")
+# What lies outside the run: on a busy host (and at a run's peak) these can dwarf the run's
+# own categories, so a chart of the ledger shows them apart, as context.
+OUTSIDE_CATEGORIES = ("outside_page_cache", "outside_other")
 
 NOT_MEASURED = "not measured"
 

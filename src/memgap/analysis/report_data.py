@@ -1,4 +1,13 @@
-"""Everything a report shows, aggregated from the store (no rendering here)."""
+"""Everything a report shows, aggregated from the store (reads only; no rendering here).
+
+The report opens with the answer: for every group of runs it compares (model and variant,
+or the two selections ``memgap report A B`` names), the first environment against each
+other one, explain's paragraph and both questions of every hypothesis (does it differ,
+does it explain the KV difference). Then the studies (with the margins they declared),
+per group the timelines, the ledger at peak (the run's own memory apart from what lay
+outside it), the intervals, the comparison (each verdict with the margin it applied) and
+the configurations, the sweeps and the findings. ``memgap.report`` renders this dict;
+``REPORT_SCHEMA`` names its layout."""
 
 from __future__ import annotations
 
@@ -9,15 +18,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from memgap.analysis.compare import baseline_first, group_name, study_annotations
+from memgap.analysis.explain import RunInput, explain
+from memgap.analysis.ledger import CATEGORIES, OUTSIDE_CATEGORIES, TITLES, run_ledger
+from memgap.analysis.margins import Margin, study_margins
 from memgap.analysis.metrics import BY_NAME
 from memgap.analysis.stats import mean_ci, summarize
+from memgap.analysis.study_outcome import study_outcome
+from memgap.analysis.sweep_curves import sweep_results
+from memgap.experiment import Experiment
 from memgap.store import Store, StoredRun
+
+# The layout of the dict below; bump and list the change here.
+#   1 -- answers first (group, a, b, runs, answer, verdicts, notes); the ledger's bars split
+#        into the run's own categories and what lay outside the run; every comparison
+#        row and study verdict with the margin it applied (2026-12).
+REPORT_SCHEMA = "memgap.report/1"
 
 TIMELINE_COLUMNS = ("process_rss_bytes", "cgroup_usage_bytes", "host_used_bytes")
 INTERVAL_METRICS = ("kv_cache_bytes", "output_tokens_per_s", "engine_peak_bytes", "process_rss_peak_bytes")
 MAX_POINTS = 240
 CONFIG_KEYS = ("engine", "engine_version", "engine_options", "engine_command", "model", "model_sha256",
                "workload", "environment_info", "sampler", "source")
+UNEXPLAINED = TITLES["unexplained"]
+
+Series = Mapping[str, Mapping[str, Any] | None]  # run_id -> its stored series (or None)
 
 
 def _downsample(xs: list[Any], ys: list[Any]) -> tuple[list[float], list[float | None]]:
@@ -25,10 +49,10 @@ def _downsample(xs: list[Any], ys: list[Any]) -> tuple[list[float], list[float |
     return [float(x) for x in xs[::step]], [None if y is None else float(y) for y in ys[::step]]
 
 
-def _timelines(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str, Any]]]:
+def _timelines(series: Series, runs: Sequence[StoredRun]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in TIMELINE_COLUMNS}
     for r in runs:
-        s = st.series(r.run_id)
+        s = series.get(r.run_id)
         if not s:
             continue
         cols = s.get("columns", {})
@@ -42,11 +66,11 @@ def _timelines(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str,
     return {c: v for c, v in out.items() if v}
 
 
-def _ledger(st: Store, runs: Sequence[StoredRun], envs: Sequence[str]) -> dict[str, Any] | None:
-    try:
-        from memgap.analysis.ledger import CATEGORIES, run_ledger
-    except ImportError:  # the explain work is not there: leave the section out
-        return None
+def _ledger(series: Series, runs: Sequence[StoredRun], envs: Sequence[str]) -> dict[str, Any] | None:
+    """The mean ledger at peak per environment, its categories split into the run's own
+    and what lay outside the run (which at peak can be nearly all of the host's used
+    memory, and would leave the run's own categories as slivers on one scale)."""
+    outside = {TITLES[k] for k in OUTSIDE_CATEGORIES}
     bars = []
     for env in envs:
         sums: dict[str, list[int]] = defaultdict(list)
@@ -55,7 +79,7 @@ def _ledger(st: Store, runs: Sequence[StoredRun], envs: Sequence[str]) -> dict[s
             if r.environment != env or r.status != "ok":
                 continue
             try:
-                led = run_ledger(r.record, st.series(r.run_id), at="peak")
+                led = run_ledger(r.record, series.get(r.run_id), at="peak")
             except Exception:  # noqa: BLE001 - an old or odd record: no ledger for it
                 continue
             if not led.measured:
@@ -64,10 +88,34 @@ def _ledger(st: Store, runs: Sequence[StoredRun], envs: Sequence[str]) -> dict[s
             for c in led.categories:
                 if c.bytes is not None:
                     sums[c.key].append(c.bytes)
-        if n:
-            bars.append({"environment": env, "runs": n,
-                         "categories": {t: sum(sums[k]) / len(sums[k]) for k, t in CATEGORIES if sums.get(k)}})
-    return {"at": "peak", "bars": bars} if bars else None
+        if not n:
+            continue
+        cats = {t: sum(sums[k]) / len(sums[k]) for k, t in CATEGORIES if sums.get(k)}
+        own = {t: v for t, v in cats.items() if t not in outside and t != UNEXPLAINED}
+        out = {t: v for t, v in cats.items() if t in outside}
+        bars.append({"environment": env, "runs": n, "categories": cats, "own": own, "outside": out,
+                     "own_bytes": sum(own.values()), "outside_bytes": sum(out.values()),
+                     "unexplained_bytes": cats.get(UNEXPLAINED), "total_bytes": sum(cats.values())})
+    if not bars:
+        return None
+    return {"at": "peak", "bars": bars, "outside_titles": [TITLES[k] for k in OUTSIDE_CATEGORIES],
+            "unexplained_title": UNEXPLAINED}
+
+
+def _answer(group: str, a: str, a_runs: Sequence[StoredRun], b: str, b_runs: Sequence[StoredRun],
+            series: Series) -> dict[str, Any] | None:
+    """Explain's answer and verdicts for one pair of run sets (ok runs only)."""
+    ia = [RunInput(r.record, series.get(r.run_id)) for r in a_runs if r.status == "ok"]
+    ib = [RunInput(r.record, series.get(r.run_id)) for r in b_runs if r.status == "ok"]
+    if not ia or not ib:
+        return None
+    head = {"group": group, "a": a, "b": b, "runs": {"a": len(ia), "b": len(ib)}}
+    try:
+        ex = explain(a, ia, b, ib)
+    except Exception as e:  # noqa: BLE001 - an odd record must not cost the rest of the report
+        return {**head, "answer": None, "verdicts": [], "notes": [], "error": f"{type(e).__name__}: {e}"}
+    return {"group": group, "a": a, "b": b, "runs": {"a": len(ia), "b": len(ib)},
+            "answer": ex.answer.to_dict(), "verdicts": ex.verdicts(), "notes": list(ex.notes)}
 
 
 def _configurations(runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
@@ -82,10 +130,7 @@ def _configurations(runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _studies(st: Store, runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
-    from memgap.experiment import Experiment
-    from memgap.study import study_outcome
-
+def _studies(st: Store, runs: Sequence[StoredRun], declared: Mapping[str, Mapping[str, Margin]]) -> list[dict[str, Any]]:
     out = []
     for sid in sorted({r.study_id for r in runs if r.study_id}):
         stored = st.study(sid)
@@ -94,6 +139,16 @@ def _studies(st: Store, runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
         exp = Experiment.model_validate(stored["plan"])
         o = study_outcome(exp, st)
         rows = st.study_runs(sid)
+        margins = declared.get(sid, {})
+        groups = []
+        for g in o.groups:
+            verdicts = {}
+            for key, v in g.verdicts.items():
+                m = margins.get(v.get("metric", ""))
+                verdicts[key] = {**v, "margin_rule": m.to_dict() if m else None,
+                                 "margin_text": m.describe(v.get("metric")) if m else str(v.get("margin"))}
+            groups.append({"model": g.model, "variant": g.variant, "blocks_run": g.blocks_run,
+                           "settled": g.settled, "verdicts": verdicts})
         out.append({
             "study_id": sid, "name": exp.study.name, "experiment_path": stored["experiment_path"],
             "iterations": exp.study.iterations, "max_iterations": exp.study.max_iterations,
@@ -102,8 +157,7 @@ def _studies(st: Store, runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
             "metrics": [{"name": m.name, "margin": m.margin} for m in exp.metrics],
             "runs_finished": o.runs_finished, "runs_planned_fixed": o.runs_planned_fixed,
             "interrupted": sum(r["status"] == "interrupted" for r in rows),
-            "groups": [{"model": g.model, "variant": g.variant, "blocks_run": g.blocks_run,
-                        "settled": g.settled, "verdicts": g.verdicts} for g in o.groups],
+            "groups": groups,
             "order": [{"block": r["block"], "environment": r["cell"]["environment"], "status": r["status"],
                        "cooldown_s": ((r["actions"] or {}).get("cooldown") or {}).get("waited_s"),
                        "page_cache": ((r["actions"] or {}).get("page_cache") or {}).get("policy")}
@@ -112,56 +166,84 @@ def _studies(st: Store, runs: Sequence[StoredRun]) -> list[dict[str, Any]]:
     return out
 
 
+def _intervals(ok: Sequence[StoredRun], envs: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    intervals = {}
+    for name in INTERVAL_METRICS:
+        m = BY_NAME[name]
+        rows = []
+        for env in envs:
+            vals = [m.read(r.record) for r in ok if r.environment == env]
+            s = summarize(vals)
+            if s.n:
+                rows.append({"environment": env, "n": s.n, "mean": s.mean, "sd": s.sd, "ci95": mean_ci(vals)})
+        if rows:
+            intervals[name] = rows
+    return intervals
+
+
 def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, Any], *,
-                 title: str = "memgap report") -> dict[str, Any]:
+                 title: str = "memgap report",
+                 sides: tuple[tuple[str, Sequence[StoredRun]], tuple[str, Sequence[StoredRun]]] | None = None,
+                 ) -> dict[str, Any]:
+    """``sides``: the two selections of ``memgap report A B``, answered against each
+    other; without them every group's first environment is answered against each other."""
     _, excluded, variants = study_annotations(st)
     skip = set(excluded)
     runs = [r for r in runs if r.run_id not in skip]
+    series: dict[str, Mapping[str, Any] | None] = {r.run_id: st.series(r.run_id) for r in runs}
     by_model: dict[str, list[StoredRun]] = defaultdict(list)
     for r in runs:
         by_model[group_name(r, variants)].append(r)
-    models = []
+    models: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
     for model in sorted(by_model):
         rs = by_model[model]
         envs = baseline_first([r.environment for r in rs])
         ok = [r for r in rs if r.status == "ok"]
-        intervals = {}
-        for name in INTERVAL_METRICS:
-            m = BY_NAME[name]
-            rows = []
-            for env in envs:
-                vals = [m.read(r.record) for r in ok if r.environment == env]
-                s = summarize(vals)
-                if s.n:
-                    rows.append({"environment": env, "n": s.n, "mean": s.mean, "sd": s.sd, "ci95": mean_ci(vals)})
-            if rows:
-                intervals[name] = rows
+        if sides is None:
+            for other in envs[1:]:
+                ans = _answer(model, envs[0], [r for r in rs if r.environment == envs[0]], other,
+                              [r for r in rs if r.environment == other], series)
+                if ans is not None:
+                    answers.append(ans)
         models.append({
             "model": model,
             "environments": envs,
             "runs": {e: {"ok": sum(r.environment == e for r in ok), "all": sum(r.environment == e for r in rs)}
                      for e in envs},
-            "timelines": _timelines(st, ok),
-            "intervals": intervals,
-            "ledger": _ledger(st, rs, envs),
+            "timelines": _timelines(series, ok),
+            "intervals": _intervals(ok, envs),
+            "ledger": _ledger(series, rs, envs),
             "comparisons": [g for g in comparison.get("groups", []) if g["model"] == model],
             "configurations": _configurations(rs),
         })
+    if sides is not None:
+        (la, ra), (lb, rb) = sides
+        ans = _answer(f"{la} vs {lb}", la, [r for r in ra if r.run_id not in skip], lb,
+                      [r for r in rb if r.run_id not in skip], series)
+        answers += [ans] if ans is not None else []
+        models += _selection_groups(comparison, {str(g["model"]) for g in models})
+    declared = study_margins(st, runs)
     return {
+        "schema": REPORT_SCHEMA,
         "title": title,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "store": str(st.path),
         "selectors": comparison.get("selectors", []),
         "alpha": comparison.get("alpha"),
         "margin_relative": comparison.get("margin_relative"),
+        "margins_declared": {sid: {k: m.to_dict() for k, m in ms.items()} for sid, ms in declared.items()},
+        "answers": answers,
         "models": models,
         "findings": comparison.get("findings", []),
-        "studies": _studies(st, runs),
-        "sweeps": _sweeps(st, runs),
+        "studies": _studies(st, runs, declared),
+        "sweeps": sweep_results(st, runs),
     }
 
 
-def _sweeps(st: Store, runs: Sequence[StoredRun]) -> dict[str, list[dict[str, Any]]]:
-    from memgap.analysis.sweep_curves import sweeps_in_store  # memgap sweep's runs: one curve per KV budget
-
-    return sweeps_in_store(st, runs)
+def _selection_groups(comparison: Mapping[str, Any], known: set[str]) -> list[dict[str, Any]]:
+    """The comparison of two selections (``memgap report A B``) as a group of its own."""
+    return [{"model": g["model"], "environments": [g["a"], g["b"]],
+             "runs": {k: {"ok": v, "all": v} for k, v in g["runs"].items()}, "timelines": {}, "intervals": {},
+             "ledger": None, "comparisons": [g], "configurations": [], "selection": True}
+            for g in comparison.get("groups", []) if g["model"] not in known]

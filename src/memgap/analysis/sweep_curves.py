@@ -223,3 +223,16 @@ def sweeps_in_store(store: Store, runs: Sequence[Any], slo: SLO | None = None) -
         run_slo = slo if slo is not None else parse_slo(stored)
         out.setdefault(sid, []).append(point_row(point_of(r.record), r.record, requests, store.series(r.run_id), run_slo))
     return out
+
+
+def sweep_results(store: Store, runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each sweep among the runs as a report shows it: its rows, its knees and the SLO its
+    runs were made under (stored in each run's spec; goodput's knee only with an SLO)."""
+    out = []
+    for sid, rows in sweeps_in_store(store, runs).items():
+        slo_text = next((str((r.record.get("spec") or {}).get("slo") or "") for r in runs if r.study_id == sid), "")
+        k = knees(rows)
+        if not slo_text:
+            k.get("parting", {}).pop("goodput_per_s", None)  # no SLO: goodput would only repeat throughput
+        out.append({"sweep_id": sid, "points": rows, "knees": k, "slo_text": slo_text})
+    return out

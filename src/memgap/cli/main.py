@@ -74,9 +74,9 @@ COMMANDS: dict[str, CommandEntry] = {
         "quality findings."),
     "report": CommandEntry(
         "memgap.cli.report",
-        "Write a report: per model, memory timelines of the environments overlaid, the "
-        "memory ledger, KV cache and throughput with intervals, the comparison, findings "
-        "and configuration."),
+        "Write a report: the answer and verdicts first, then per model memory timelines of "
+        "the environments overlaid, the memory ledger, KV cache and throughput with "
+        "intervals, the comparison, findings and configuration."),
     "sweep": CommandEntry(
         "memgap.cli.sweep",
         "Sweep load (concurrency or rate) at one or more KV budgets: one stored run per "

@@ -21,7 +21,8 @@ from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import parse_slo
 from memgap.load.spec import WorkloadSpec
-from memgap.report.sweep_html import render_html
+from memgap.report.base import render_text
+from memgap.report.sweep_html import SweepHtmlReporter
 from memgap.spec import LlamaCppSpec, RunSpec, VllmSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import (
@@ -263,7 +264,7 @@ def sweep_command(
     result["knees"] = knees(rows)
     if html is not None:
         try:
-            html.write_text(render_html(result), encoding="utf-8")
+            html.write_text(render_text(SweepHtmlReporter(result)), encoding="utf-8")
         except OSError as e:
             raise UsageError(f"--html: cannot write {html}: {e}") from None
     if as_json:

@@ -1,1 +1,2 @@
-"""Comparisons and reports built from the store: aggregate first (pure), then render."""
+"""Renderers only: a report aggregated by ``memgap.analysis.report_data`` written as HTML,
+Markdown or JSON, each behind the one interface of ``memgap.report.base.Reporter``."""

@@ -1,25 +1,33 @@
-"""The report as Markdown (renders the dict of ``memgap.report.build``)."""
+"""The report as Markdown: the same sections as the HTML page, tables instead of charts."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TextIO
 
-from memgap.analysis.metrics import BY_NAME
+from memgap.report.text import (
+    COMPARISON_HEAD,
+    STUDY_HEAD,
+    VERDICT_HEAD,
+    answer_heading,
+    answer_paragraph,
+    comparison_rows,
+    fmt_metric,
+    intro,
+    ledger_rows,
+    runs_line,
+    study_paragraphs,
+    study_rows,
+    verdict_rows,
+)
+
+SWEEP_COLUMNS = ("ctx_size", "parallel", "load", "status", "output_tokens_per_s", "goodput_per_s", "ttft_p50_s",
+                 "e2e_p50_s", "engine_waiting_peak", "run_id")
 
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def fmt_metric(name: str, v: float | None) -> str:
-    return BY_NAME[name].format(v) if name in BY_NAME else ("-" if v is None else f"{v:.4g}")
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
 def _table(head: list[str], rows: list[list[object]]) -> list[str]:
@@ -28,56 +36,21 @@ def _table(head: list[str], rows: list[list[object]]) -> list[str]:
     return out + [""]
 
 
-def comparison_rows(group: dict[str, Any]) -> list[list[object]]:
-    rows = []
-    for m in group["metrics"]:
-        n, d = m["metric"], m["difference"]
-        ci = d["ci95"]
-        rows.append([
-            n, f"{fmt_metric(n, m['a']['mean'])} ± {fmt_metric(n, m['a']['sd'])} (n={m['a']['n']})",
-            f"{fmt_metric(n, m['b']['mean'])} ± {fmt_metric(n, m['b']['sd'])} (n={m['b']['n']})",
-            fmt_metric(n, d["mean"]) + (f" ({100 * d['relative']:+.1f}%)" if d["relative"] is not None else ""),
-            f"[{fmt_metric(n, ci[0])}, {fmt_metric(n, ci[1])}]" if ci else "-",
-            fmt_p(m["p_value"]), fmt_p(m["p_holm"]),
-            "-" if m["effect_size"] is None else f"{m['effect_size']:+.2f}", m["verdict"],
-        ])
-    return rows
+def answer_lines(answers: list[Mapping[str, Any]]) -> list[str]:
+    out = ["## The answer", ""]
+    if not answers:
+        out += ["No two environments to compare: the answer needs runs of at least two.", ""]
+    for a in answers:
+        out += [f"### {answer_heading(a)}", "", answer_paragraph(a), ""]
+        rows = verdict_rows(a)
+        if rows:
+            out += _table(VERDICT_HEAD, rows)
+        out += [f"- {n}" for n in a.get("notes", [])]
+        out += [""] if a.get("notes") else []
+    return out
 
 
-COMPARISON_HEAD = ["metric", "a", "b", "difference", "95% CI", "p (Welch)", "p (Holm)", "Hedges g", "verdict"]
-
-
-# A paragraph of text as (text, emphasised) segments, which each format escapes and marks
-# its own way.
-Segments = list[tuple[str, bool]]
-STUDY_HEAD = ["group", "comparison", "verdict", "pairs", "margin", "blocks", "settled"]
-
-
-def study_paragraphs(s: dict[str, Any]) -> list[Segments]:
-    """A study's design and order, the same words in every format."""
-    if s["iterations"] == "auto":
-        design: Segments = [(f"Sequential design (iterations = \"auto\", {s['boundary']} boundary, "
-                             f"alpha {s['alpha']}): ", False), (f"{s['runs_finished']} runs", True)]
-        if all(g["settled"] for g in s["groups"]):
-            design += [(f" reached the verdicts, where {s['max_iterations']} per cell would have taken ", False),
-                       (str(s["runs_planned_fixed"]), True), (".", False)]
-        else:
-            design.append((f" so far and the verdicts are not all settled (at most {s['runs_planned_fixed']} "
-                           "runs); run the experiment again to continue.", False))
-    else:
-        design = [(f"Fixed design: {s['iterations']} iterations per cell; {s['runs_finished']} of "
-                   f"{s['runs_planned_fixed']} runs finished.", False)]
-    order = " ".join(f"{o['block']}:{o['environment']}" for o in s["order"])
-    return [design, [(f"Order: randomized blocks, seed {s['seed']}; page cache: {s['page_cache']}; "
-                      f"interrupted attempts redone: {s['interrupted']}. Run order: {order}", False)]]
-
-
-def study_rows(s: dict[str, Any]) -> list[list[object]]:
-    return [[f"{g['model']} / {g['variant']}", name, v["verdict"], v["n"], v["margin"], g["blocks_run"],
-             "yes" if g["settled"] else "no"] for g in s["groups"] for name, v in g["verdicts"].items()]
-
-
-def study_lines(s: dict[str, Any]) -> list[str]:
+def study_lines(s: Mapping[str, Any]) -> list[str]:
     out = [f"## Study {s['name']}", ""]
     for para in study_paragraphs(s):
         out.append("".join(f"**{t}**" if strong else t for t, strong in para))
@@ -88,47 +61,77 @@ def study_lines(s: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_markdown(rep: dict[str, Any]) -> str:
-    out = [f"# {rep['title']}", "",
-           f"Generated {rep['generated_at']} from `{rep['store']}`"
-           + (f", selection: {', '.join(rep['selectors'])}" if rep["selectors"] else "") + ".", ""]
-    for s in rep["studies"]:
-        out += study_lines(s)
-    for m in rep["models"]:
-        out += [f"## Model {m['model']}", ""]
-        out.append("Runs: " + ", ".join(f"{e} {c['ok']} ok of {c['all']}" for e, c in m["runs"].items()) + ".")
-        out.append("")
-        if m["intervals"]:
-            out += ["### KV cache, throughput and peaks (mean, 95% interval)", ""]
-            rows = []
-            for name, rs in m["intervals"].items():
-                for r in rs:
-                    ci = r["ci95"]
-                    rows.append([name, r["environment"], r["n"], fmt_metric(name, r["mean"]),
-                                 f"[{fmt_metric(name, ci[0])}, {fmt_metric(name, ci[1])}]" if ci else "-"])
-            out += _table(["metric", "environment", "n", "mean", "95% CI"], rows)
-        for g in m["comparisons"]:
-            if g["b"] is None:
-                continue
-            out += [f"### {g['b']} vs {g['a']}", ""]
-            out += _table(COMPARISON_HEAD, comparison_rows(g))
-        if m["ledger"]:
-            bars = m["ledger"]["bars"]
-            cats = list(dict.fromkeys(c for b in bars for c in b["categories"]))
-            out += [f"### Memory ledger at {m['ledger']['at']} (mean of runs)", ""]
-            out += _table(["category", *[f"{b['environment']} (n={b['runs']})" for b in bars]],
-                          [[c, *[fmt_metric("kv_cache_bytes", b["categories"].get(c)) for b in bars]] for c in cats])
-        if m["timelines"]:
-            out += ["Memory timelines: see the HTML report.", ""]
-        else:
-            out += ["No memory samples for these runs (imported results carry none).", ""]
+def model_lines(m: Mapping[str, Any], default_margin: float | None) -> list[str]:
+    out = [f"## Model {m['model']}", "", runs_line(m) + ".", ""]
+    if m["intervals"]:
+        out += ["### KV cache, throughput and peaks (mean, 95% interval)", ""]
+        rows = []
+        for name, rs in m["intervals"].items():
+            for r in rs:
+                ci = r["ci95"]
+                rows.append([name, r["environment"], r["n"], fmt_metric(name, r["mean"]),
+                             f"[{fmt_metric(name, ci[0])}, {fmt_metric(name, ci[1])}]" if ci else "-"])
+        out += _table(["metric", "environment", "n", "mean", "95% CI"], rows)
+    for g in m["comparisons"]:
+        if g["b"] is None:
+            continue
+        out += [f"### {g['b']} vs {g['a']}", ""]
+        out += _table(COMPARISON_HEAD, comparison_rows(g, default_margin))
+    if m["ledger"]:
+        out += [f"### Memory ledger at {m['ledger']['at']} (mean of runs)", "",
+                "The run's own memory first, then what lay outside the run (context).", ""]
+        head, rows = ledger_rows(m["ledger"])
+        out += _table(head, rows)
+    if m["timelines"]:
+        out += ["Memory timelines: see the HTML report.", ""]
+    elif not m.get("selection"):
+        out += ["No memory samples for these runs (imported results carry none).", ""]
+    if m["configurations"]:
         out += ["### Configuration", ""]
-        for cfg in m["configurations"]:
-            out += ["```json", json.dumps(cfg, indent=2, default=str), "```", ""]
-    out += ["## Findings", ""]
-    if not rep["findings"]:
-        out += ["No quality problems found.", ""]
-    for f in rep["findings"]:
-        out.append(f"- **{f['severity']}** `{f['check']}`: {f['message']}  \n  advice: {f['advice']}")
-    out.append("")
-    return "\n".join(out)
+    for cfg in m["configurations"]:
+        out += ["```json", json.dumps(cfg, indent=2, default=str), "```", ""]
+    return out
+
+
+def sweep_lines(sw: Mapping[str, Any]) -> list[str]:
+    out = [f"## Sweep {sw['sweep_id']}", ""]
+    if sw.get("slo_text"):
+        out += [f"SLO: {sw['slo_text']}", ""]
+    k = sw.get("knees") or {}
+    if k.get("compared"):
+        lo, hi = k["compared"]
+        out += [f"Where the curves of ctx {lo} and ctx {hi} part:"]
+        out += [f"- {metric}: {'never (within 20%)' if at is None else f'from load {at:g}'}"
+                for metric, at in (k.get("parting") or {}).items()]
+        out.append("")
+    rows = [["-" if r.get(c) is None else f"{r[c]:.3g}" if isinstance(r.get(c), float) else r.get(c)
+             for c in SWEEP_COLUMNS] for r in sw.get("points", [])]
+    return out + _table(list(SWEEP_COLUMNS), rows)
+
+
+class MarkdownReporter:
+    """The report (``memgap.analysis.report_data.build_report``) as Markdown."""
+
+    def __init__(self, report: Mapping[str, Any]) -> None:
+        self.report = report
+
+    def render(self, stream: TextIO) -> None:
+        rep = self.report
+        out = [f"# {rep['title']}", "",
+               f"Generated {rep['generated_at']} from `{rep['store']}`"
+               + (f", selection: {', '.join(rep['selectors'])}" if rep["selectors"] else "") + ".", ""]
+        out += answer_lines(rep.get("answers", []))
+        out += [intro(rep), ""]
+        for s in rep["studies"]:
+            out += study_lines(s)
+        for m in rep["models"]:
+            out += model_lines(m, rep.get("margin_relative"))
+        for sw in rep.get("sweeps", []):
+            out += sweep_lines(sw)
+        out += ["## Findings", ""]
+        if not rep["findings"]:
+            out += ["No quality problems found.", ""]
+        for f in rep["findings"]:
+            out.append(f"- **{f['severity']}** `{f['check']}`: {f['message']}  \n  advice: {f['advice']}")
+        out.append("")
+        stream.write("\n".join(out))

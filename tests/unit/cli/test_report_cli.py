@@ -54,12 +54,12 @@ def test_study_section_and_selection(tmp_path: Path) -> None:
     text = md.read_text()
     assert "## Study mine" in text
     assert "**6 runs** reached the verdicts, where 10 per cell would have taken **20**" in text
-    assert "| embedded / base | sandbox vs native: kv_cache_bytes | equivalent | 3 |" in text
+    assert "| embedded / base | sandbox vs native: kv_cache_bytes | equivalent | ±0 B (study mine) | 3 |" in text
 
 
 def test_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "s.db"
     Store(db).close()
     assert main(["report", "--store", str(db)]) == 2
-    assert "--html FILE and/or --md FILE" in capsys.readouterr().err
+    assert "--html FILE, --md FILE and/or --json FILE" in capsys.readouterr().err
     assert main(["report", "--store", str(tmp_path / "none.db"), "--md", str(tmp_path / "x.md")]) == 2

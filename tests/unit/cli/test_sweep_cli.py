@@ -13,7 +13,8 @@ import memgap.cli.sweep as cli_sweep
 from memgap import sweep as sweep_mod
 from memgap.cli.main import main
 from memgap.load.records import RequestRecord
-from memgap.report.sweep_html import render_html
+from memgap.report.base import render_text
+from memgap.report.sweep_html import SweepHtmlReporter
 from memgap.spec import RunSpec
 from memgap.store import Store, open_store
 
@@ -138,7 +139,7 @@ def test_html_escapes_everything_from_the_store() -> None:
     row = {"concurrency": 1, "request_rate_per_s": None, "ctx_size": 512, "load": 1.0, "status": "failed",
            "failure": "<script>alert(1)</script>", "run_id": "<b>x</b>", "errors_by_kind": {"<i>": 1},
            "output_tokens_per_s": None, "requests_errored": 1}  # fmt: skip
-    page = render_html({"sweep_id": "<img src=x>", "points": [row], "knees": {}, "slo_text": "<u>"})
+    page = render_text(SweepHtmlReporter({"sweep_id": "<img src=x>", "points": [row], "knees": {}, "slo_text": "<u>"}))
     assert "<script>" not in page and "<img" not in page and "<b>x" not in page and "<i>" not in page
     assert "&lt;script&gt;" in page and "&lt;img src=x&gt;" in page
 
@@ -146,8 +147,8 @@ def test_html_escapes_everything_from_the_store() -> None:
 def test_sweep_runs_come_back_from_the_store_for_the_report(
     fake: FakeRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from memgap.analysis.sweep_curves import point_of, sweeps_in_store
-    from memgap.report.sweep_html import report_section
+    from memgap.analysis.sweep_curves import point_of, sweep_results, sweeps_in_store
+    from memgap.report.sweep_html import sweep_section
 
     db = tmp_path / "s.db"
     assert main([*ARGS, "--store", str(db), "--json"]) == 0
@@ -155,6 +156,7 @@ def test_sweep_runs_come_back_from_the_store_for_the_report(
     with open_store(db) as st:
         runs = st.runs()
         found = sweeps_in_store(st, runs)
+        (result,) = sweep_results(st, runs)
     assert list(found) == [out["sweep_id"]]
     rows = found[out["sweep_id"]]
     # the same rows the sweep printed, rebuilt from the stored records alone (no SLO: goodput = throughput)
@@ -162,9 +164,9 @@ def test_sweep_runs_come_back_from_the_store_for_the_report(
         (p["concurrency"], p["ctx_size"], p["engine_waiting_peak"]) for p in out["points"]
     ]
     assert point_of(runs[0].record).label == "c=1 ctx=512"
-    html = report_section(out["sweep_id"], rows)
+    html = sweep_section(result)
     assert html.startswith(f"<h2>Sweep {out['sweep_id']}</h2>") and html.count("<svg") >= 5
-    # the SLO is not stored with the runs: no goodput curve or knee
+    # the sweep had no SLO (each run stores its own): no goodput curve or knee
     assert "goodput (requests/s" not in html and "goodput_per_s: from" not in html
     assert "engine_waiting_peak: from concurrency 8" in html
 

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from memgap.analysis.compare import compare_runs
-from memgap.report.build import build_report
-from memgap.report.html import CSP, render_html
+from memgap.analysis.report_data import build_report
+from memgap.report.base import render_text
+from memgap.report.html import CSP, HtmlReporter
 from memgap.store import Store
 
 EXTERNAL = re.compile(r"""(?:src|href|action|srcset)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//|@import""", re.I)
@@ -17,7 +18,7 @@ def _html(db: Path) -> tuple[str, dict]:  # type: ignore[type-arg]
     with Store(db) as st:
         runs = st.runs()
         rep = build_report(st, runs, compare_runs(runs), title="t <&>")
-    return render_html(rep), rep
+    return render_text(HtmlReporter(rep)), rep
 
 
 def test_self_contained_and_escaped(report_store: Path) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from memgap.analysis.compare import compare_runs
-from memgap.report.build import build_report
-from memgap.report.markdown import render_markdown
+from memgap.analysis.report_data import build_report
+from memgap.report.base import render_text
+from memgap.report.markdown import MarkdownReporter
 from memgap.store import Store
 
 
 def test_markdown_tables(report_store: Path) -> None:
     with Store(report_store) as st:
         runs = st.runs()
-        md = render_markdown(build_report(st, runs, compare_runs(runs)))
+        md = render_text(MarkdownReporter(build_report(st, runs, compare_runs(runs))))
     assert "## Model smol<script>" in md  # Markdown is text; pipes in cells are escaped
     assert "| kv_cache_bytes | native | 5 | 180.00 MiB |" in md
     assert "### sandbox vs native" in md
