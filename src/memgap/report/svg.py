@@ -136,7 +136,7 @@ def interval_chart(rows: Sequence[tuple[str, str, float | None, tuple[float, flo
 def stacked_bars(bars: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str, fmt: Fmt,
                  colours: dict[str, str], width: int = 720) -> str:
     """Horizontal stacked bars: (label, [(category, value >= 0)]), and a legend."""
-    left, right, top, bar_h, gap = 110, 20, 30, 22, 10
+    left, right, top, bar_h, gap = 110, 80, 30, 22, 10  # right: room for the total beside the longest bar
     cats = list(colours)
     legend_rows = math.ceil(len(cats) / 2)
     height = top + (bar_h + gap) * max(1, len(bars)) + 20 + 16 * legend_rows + 10
