@@ -56,7 +56,13 @@ def comparison_table(records: Sequence[dict[str, Any]]) -> Table:
         table.add_column(f"{r['environment']}\n{r['run_id']}", justify="right")
     for label, path, fmt in ROWS:
         if label == "requests ok / errored":
-            table.add_row(label, *(f"{r.get('requests_ok', 0)} / {r.get('requests_errored', 0)}" for r in records))
+            # a self-driven engine (trtllm-bench) does not report its errored requests: "-"
+            table.add_row(label, *(f"{_count(r.get('requests_ok', 0))} / {_count(r.get('requests_errored', 0))}"
+                                   for r in records))
             continue
         table.add_row(label, *(fmt(_get(r, path)) for r in records))
     return table
+
+
+def _count(v: object) -> str:
+    return "-" if v is None else str(v)
