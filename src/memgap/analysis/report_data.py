@@ -31,7 +31,9 @@ from memgap.store import Store, StoredRun
 # The layout of the dict below; bump and list the change here.
 #   1 -- answers first (group, a, b, runs, answer, verdicts, notes); the ledger's bars split
 #        into the run's own categories and what lay outside the run; every comparison
-#        row and study verdict with the margin it applied (2026-12).
+#        row and study verdict with the margin it applied; a comparison row of a metric
+#        the study decided carries the study's verdict (verdict_source; the interval's
+#        own as verdict_compare) (2026-12).
 REPORT_SCHEMA = "memgap.report/1"
 
 TIMELINE_COLUMNS = ("process_rss_bytes", "cgroup_usage_bytes", "host_used_bytes")
@@ -147,8 +149,8 @@ def _studies(st: Store, runs: Sequence[StoredRun], declared: Mapping[str, Mappin
                 m = margins.get(v.get("metric", ""))
                 verdicts[key] = {**v, "margin_rule": m.to_dict() if m else None,
                                  "margin_text": m.describe(v.get("metric")) if m else str(v.get("margin"))}
-            groups.append({"model": g.model, "variant": g.variant, "blocks_run": g.blocks_run,
-                           "settled": g.settled, "verdicts": verdicts})
+            groups.append({"model": g.model, "variant": g.variant, "host": getattr(g, "host", None),
+                           "blocks_run": g.blocks_run, "settled": g.settled, "verdicts": verdicts})
         out.append({
             "study_id": sid, "name": exp.study.name, "experiment_path": stored["experiment_path"],
             "iterations": exp.study.iterations, "max_iterations": exp.study.max_iterations,
@@ -181,6 +183,46 @@ def _intervals(ok: Sequence[StoredRun], envs: Sequence[str]) -> dict[str, list[d
     return intervals
 
 
+StudyGroup = tuple[tuple[str, str, str, str | None], Mapping[str, Any]]  # (study, model, variant, host), group
+
+
+def _study_verdicts_by_run(st: Store, studies: Sequence[Mapping[str, Any]]) -> dict[str, StudyGroup]:
+    """run_id -> the study group (model, variant, host) the run was made for, and its verdicts."""
+    groups = {(s["study_id"], g["model"], g["variant"], g.get("host")): g for s in studies for g in s["groups"]}
+    out: dict[str, StudyGroup] = {}
+    for row in st.study_runs():
+        if row["status"] != "finished" or row["run_id"] is None:
+            continue
+        cell = row["cell"] or {}
+        key = (row["study_id"], cell.get("model"), cell.get("variant", "base"), cell.get("host"))
+        if key in groups:
+            out[row["run_id"]] = (key, groups[key])
+    return out
+
+
+def _one_verdict(groups: Sequence[dict[str, Any]], runs: Sequence[StoredRun],
+                 by_run: Mapping[str, StudyGroup]) -> list[dict[str, Any]]:
+    """The comparison's groups, where every run is of one study group, with that study's
+    settled verdict in place of the interval's for each metric the study decided: one
+    question, one verdict, at the study's margin (the interval's stays as verdict_compare)."""
+    ok = [r.run_id for r in runs if r.status == "ok"]
+    keys = {by_run[r][0] if r in by_run else None for r in ok}
+    if len(keys) != 1 or None in keys:
+        return list(groups)
+    study = by_run[ok[0]][1]
+    out = []
+    for g in groups:
+        rows = []
+        for m in g["metrics"]:
+            sv = study["verdicts"].get(f"{g['b']} vs {g['a']}: {m['metric']}")
+            if sv is not None and sv["verdict"] != "continue":
+                m = {**m, "verdict_compare": m["verdict"], "verdict": sv["verdict"],
+                     "verdict_source": "the study's sequential test"}
+            rows.append(m)
+        out.append({**g, "metrics": rows})
+    return out
+
+
 def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, Any], *,
                  title: str = "memgap report",
                  sides: tuple[tuple[str, Sequence[StoredRun]], tuple[str, Sequence[StoredRun]]] | None = None,
@@ -190,6 +232,9 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
     _, excluded, variants = study_annotations(st)
     skip = set(excluded)
     runs = [r for r in runs if r.run_id not in skip]
+    declared = study_margins(st, runs)
+    studies = _studies(st, runs, declared)
+    by_run = _study_verdicts_by_run(st, studies)
     series: dict[str, Mapping[str, Any] | None] = {r.run_id: st.series(r.run_id) for r in runs}
     by_model: dict[str, list[StoredRun]] = defaultdict(list)
     for r in runs:
@@ -214,7 +259,7 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
             "timelines": _timelines(series, ok),
             "intervals": _intervals(ok, envs),
             "ledger": _ledger(series, rs, envs),
-            "comparisons": [g for g in comparison.get("groups", []) if g["model"] == model],
+            "comparisons": _one_verdict([g for g in comparison.get("groups", []) if g["model"] == model], rs, by_run),
             "configurations": _configurations(rs),
         })
     if sides is not None:
@@ -223,7 +268,6 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
                       [r for r in rb if r.run_id not in skip], series)
         answers += [ans] if ans is not None else []
         models += _selection_groups(comparison, {str(g["model"]) for g in models})
-    declared = study_margins(st, runs)
     return {
         "schema": REPORT_SCHEMA,
         "title": title,
@@ -236,7 +280,7 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
         "answers": answers,
         "models": models,
         "findings": comparison.get("findings", []),
-        "studies": _studies(st, runs, declared),
+        "studies": studies,
         "sweeps": sweep_results(st, runs),
     }
 

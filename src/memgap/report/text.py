@@ -93,7 +93,8 @@ def comparison_rows(group: Mapping[str, Any], default_relative: float | None = N
             f"[{fmt_metric(n, ci[0])}, {fmt_metric(n, ci[1])}]" if ci else "-",
             fmt_p(m["p_value"]), fmt_p(m["p_holm"]),
             "-" if m["effect_size"] is None else f"{m['effect_size']:+.2f}", m["verdict"],
-            margin_text(m.get("margin_rule"), n, default_relative),
+            margin_text(m.get("margin_rule"), n, default_relative)
+            + (f"; {m['verdict_source']}" if m.get("verdict_source") else ""),
         ])
     return rows
 
