@@ -1,5 +1,6 @@
 """The HTML report in a real browser (Debian's headless chromium): it renders, is not
-blank, and the page makes no request of its own."""
+blank, the page makes no request of its own, and what the browser built opens with the
+answer paragraph and the verdicts (on a native-vs-sandbox store and on the seed study)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not insta
 # with background networking off; the page's own requests would go anywhere else.
 BROWSER_OWN = re.compile(r"^https?://([a-z0-9-]+\.)*(google\.com|googleapis\.com|gstatic\.com|~notfound)(/|$)")
 MIB = 1 << 20
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "benchmark_spark" / "benchmark-spark-phase1-results.json"
 
 
 def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -103,11 +106,40 @@ def _chromium(page: Path, tmp: Path, name: str) -> tuple[Path, list[str]]:
     return shot, urls
 
 
+def _dom(page: Path, tmp: Path, name: str) -> str:
+    """The document as chromium built it from the page (its DOM, serialized)."""
+    assert CHROMIUM is not None
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / (name + '-dom')}",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom", page.as_uri()],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    return done.stdout
+
+
+def _answers_in_dom(dom: str) -> list[str]:
+    """The text of each answer paragraph, in page order; the page must open with them."""
+    headings = re.findall(r"<h([12])>(.*?)</h\1>", dom, re.S)
+    assert [h for _, h in headings][1] == "The answer"  # the first section after the title
+    first_model = dom.index("<h2>Model")
+    paras = [(m.start(), unescape(m.group(1))) for m in re.finditer(r'<p class="answer">(.*?)</p>', dom, re.S)]
+    assert paras and all(at < first_model for at, _ in paras)
+    return [text for _, text in paras]
+
+
 @needs_chromium
 def test_report_renders_not_blank_and_requests_nothing(tmp_path: Path) -> None:
-    db, html = tmp_path / "s.db", tmp_path / "report.html"
+    db, html, js = tmp_path / "s.db", tmp_path / "report.html", tmp_path / "report.json"
     _store(db)
-    assert main(["report", "--store", str(db), "--html", str(html)]) == 0
+    assert main(["report", "--store", str(db), "--html", str(html), "--json", str(js)]) == 0
+    # the browser finds the answer paragraph first, with the text the JSON carries as a field
+    expected = [a["answer"]["text"] for a in json.loads(js.read_text())["answers"]]
+    dom = _dom(html, tmp_path, "report")
+    assert _answers_in_dom(dom) == expected
+    assert expected[0].startswith("KV cache 180.0 MiB in both (no difference)")
+    assert "<td>page_cache</td>" in dom and "explains the KV difference?" in dom
+    assert "<b>&amp;</b>" not in dom and "smollm2 &lt;b&gt;&amp;&lt;/b&gt;" in dom  # store text is text, not markup
     text = html.read_text()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*(?:https?:)?//""", text, re.I)
     assert "default-src 'none'" in text.replace("&#x27;", "'")
@@ -124,6 +156,19 @@ def test_report_renders_not_blank_and_requests_nothing(tmp_path: Path) -> None:
     assert len(colours) > 20  # anti-aliased text and coloured chart lines, not a flat page
     # the environment colours of the timeline chart are on the page
     assert any(p[2] > 150 and p[0] < 80 for p in pixels)  # the blue of the first environment
+
+
+@needs_chromium
+def test_seed_report_opens_with_the_rule_and_the_free_memory_it_read(tmp_path: Path) -> None:
+    db, html = tmp_path / "seed.db", tmp_path / "seed.html"
+    assert main(["import", "benchmark-spark", str(SEED), "--store", str(db)]) == 0
+    assert main(["report", "--store", str(db), "--html", str(html), "--title", "seed"]) == 0
+    paras = _answers_in_dom(_dom(html, tmp_path, "seed"))
+    assert len(paras) == 3  # deepseek, gpt120b, qwen72b: container against native
+    for p in paras:
+        assert re.match(r"KV cache [\d.]+ \u2192 [\d.]+ GiB \(\u2212[\d.]+\)\. TensorRT-LLM's rule explains it: "
+                        r"it read [\d.]+ GiB less free memory when it sized the cache", p), p
+    assert "KV cache 44.6 \u2192 16.7 GiB (\u221227.9)" in paras[0]  # deepseek
 
 
 @needs_chromium
