@@ -37,7 +37,7 @@ def _engine_processes() -> set[tuple[int, float]]:
 
 def _memgap_tempdirs() -> set[str]:
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    return {p.name for p in tmp.glob("memgap-run-*")}
+    return {p.name for pattern in ("memgap-run-*", "memgap-scratch-*") for p in tmp.glob(pattern)}
 
 
 @pytest.fixture
