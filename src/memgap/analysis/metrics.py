@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from memgap.errors import UsageError
 from memgap.record import field_reader
 from memgap.units import format_bytes, format_seconds
 
@@ -55,8 +56,6 @@ BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
 
 def metric(name: str) -> Metric:
-    from memgap.errors import UsageError
-
     try:
         return BY_NAME[name]
     except KeyError:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from scipy import stats as sps
 
-from memgap.analysis.stats import runs_to_detect
+from memgap.analysis.stats import runs_for_precision, runs_to_detect, summarize
 
 Severity = Literal["error", "warning", "info"]
 
@@ -173,8 +173,6 @@ def check_confounding(obs: Sequence[Observation]) -> list[Finding]:
 
 
 def check_cv(obs: Sequence[Observation], metrics: Sequence[str], threshold: float = HIGH_CV) -> list[Finding]:
-    from memgap.analysis.stats import runs_for_precision, summarize
-
     out = []
     for (model, env), rows in _groups(obs).items():
         for m in metrics:

@@ -18,7 +18,7 @@ from memgap.series import COLUMNS, MemorySeries
 from memgap.store import Store
 
 GIB, MIB = 1024**3, 1024**2
-REFERENCE = Path(__file__).resolve().parent.parent / "fixtures" / "benchmark_spark" / "benchmark-spark-phase1-results.json"
+REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "benchmark_spark" / "benchmark-spark-phase1-results.json"
 needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="fixture missing")
 MINUS, ARROW = "\u2212", "\u2192"
 

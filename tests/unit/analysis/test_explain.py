@@ -21,7 +21,7 @@ from memgap.series import COLUMNS
 
 GIB, MIB = 1024**3, 1024**2
 # The seed study's real results file (a verbatim copy: tests/fixtures/benchmark_spark/README.md).
-REFERENCE = Path(__file__).resolve().parent.parent / "fixtures" / "benchmark_spark" / "benchmark-spark-phase1-results.json"
+REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "benchmark_spark" / "benchmark-spark-phase1-results.json"
 needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="fixture missing")
 
 

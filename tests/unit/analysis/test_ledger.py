@@ -19,7 +19,7 @@ from memgap.memory import memory_summary
 from memgap.sampler import Sampler, SamplerConfig
 from memgap.series import COLUMNS
 
-FIX = Path(__file__).resolve().parent.parent / "fixtures"
+FIX = Path(__file__).resolve().parents[2] / "fixtures"
 KIB, MIB = 1024, 1024**2
 FIXTURE_MEMTOTAL = 24684092 * KIB  # tests/fixtures/proc/v1host/meminfo
 
