@@ -244,7 +244,7 @@ def perform_run(
 
     with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp, scratch_dir:
         log_path = Path(tmp) / "engine.log"
-        obs.phase(environment_name, "starting engine")
+        obs.phase(environment_name, "starting engine" if attach is None else "attaching")
         sampler: Sampler | None = None
         fetch = _metrics_fetcher(base_url + (engine.metrics_path() or "/metrics"))
         try:
@@ -278,7 +278,7 @@ def perform_run(
                 except KeyboardInterrupt:
                     interrupted = True
                     failure = "interrupted (Ctrl-C or SIGTERM)"
-                obs.phase(environment_name, "stopping engine")
+                obs.phase(environment_name, "stopping engine" if attach is None else "detaching (the engine keeps running)")
                 # A container's cgroup goes with the container: read it before stopping
                 # too, and keep the earlier reading where the later one finds it gone.
                 sampler.read_kernel_peaks()
