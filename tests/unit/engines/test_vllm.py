@@ -104,3 +104,34 @@ def test_recorded_log_and_version_without_vllm() -> None:
     assert r.extra["max_concurrency"] == pytest.approx(100.85)
     assert e.ready_line in RECORDED
     assert e.version() is None
+
+
+def test_a_container_gets_the_venv_and_the_installation_its_python_links_to(tmp_path: Path) -> None:
+    # pyenv's layout: the venv's bin/python3.11 is a link into ~/.pyenv/versions/X/bin,
+    # whose lib/ holds the standard library; both must be mounted for exec to work.
+    base = tmp_path / "pyenv" / "versions" / "3.11.7"
+    (base / "bin").mkdir(parents=True)
+    (base / "lib" / "python3.11").mkdir(parents=True)
+    (base / "bin" / "python3.11").write_text("")
+    venv = tmp_path / "work" / ".venv-vllm"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {base / 'bin'}\n")
+    (venv / "bin" / "python3.11").symlink_to(base / "bin" / "python3.11")
+    (venv / "bin" / "python").symlink_to("python3.11")
+    (tmp_path / "model").mkdir()
+    e = VllmEngine(VllmOptions(model=str(tmp_path / "model"), python=str(venv / "bin" / "python"), device="cpu",
+                               kv_cache_memory_bytes=1 << 28))
+    cmd = e.command("127.0.0.1", 1)
+    assert cmd.read_paths == ((tmp_path / "model").resolve(), venv.resolve(), base.resolve())
+    assert cmd.shm_size == "8g"  # vLLM's worker queue needs more /dev/shm than a container's 64m
+
+
+def test_the_setup_model_runs_in_its_stored_float32_on_a_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("memgap.engines.vllm.default_model", lambda: str(tmp_path))
+    argv = list(VllmEngine(VllmOptions(device="cpu", kv_cache_memory_bytes=1 << 28)).command("h", 1).argv)
+    assert argv[argv.index("--dtype") + 1] == "float32"  # bf16 died of SIGILL on AMX CPUs (vllm.py says why)
+    same = VllmEngine(VllmOptions(model=str(tmp_path / "."), device="cpu"))
+    assert same.options()["dtype"] == "float32"
+    assert VllmEngine(VllmOptions(device="cpu", dtype="bfloat16")).options()["dtype"] == "bfloat16"  # asked for
+    assert VllmEngine(VllmOptions(model="org/other", device="cpu")).options()["dtype"] is None
+    assert VllmEngine(VllmOptions(device="cuda")).options()["dtype"] is None

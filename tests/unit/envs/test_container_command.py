@@ -17,6 +17,7 @@ from memgap.envs.container import (
     build_run_argv,
     docker_size_bytes,
     engine_mounts,
+    engine_shm_flags,
     run_flags,
 )
 from memgap.errors import UsageError
@@ -162,3 +163,11 @@ def test_options_are_recorded_as_plain_json() -> None:
     d = ContainerOptions(rootfs=Path("/r"), ulimits=("a=1",), extra_flags=("--x",)).to_dict()
     assert d["rootfs"] == "/r" and d["ulimits"] == ["a=1"] and d["extra_flags"] == ["--x"]
     assert d["network"] == "host"
+
+
+def test_engine_shm_need_applies_only_where_the_run_chose_no_ipc_set_up() -> None:
+    assert engine_shm_flags(ContainerOptions(), "8g") == ["--shm-size=8g"]
+    assert engine_shm_flags(ContainerOptions(), None) == []
+    for chosen in (ContainerOptions(shm_size="1g"), ContainerOptions(ipc="host"), ContainerOptions(seed_flags=True),
+                   ContainerOptions(extra_flags=("--ipc=host",)), ContainerOptions(extra_flags=("--shm-size=2g",))):
+        assert engine_shm_flags(chosen, "8g") == []
