@@ -100,8 +100,9 @@ def _ledger(series: Series, runs: Sequence[StoredRun], envs: Sequence[str]) -> d
                      "unexplained_bytes": cats.get(UNEXPLAINED), "total_bytes": sum(cats.values())})
     if not bars:
         return None
-    return {"at": "peak", "bars": bars, "outside_titles": [TITLES[k] for k in OUTSIDE_CATEGORIES],
-            "unexplained_title": UNEXPLAINED}
+    own_titles = [t for _, t in CATEGORIES if any(t in b["own"] for b in bars)]  # in ledger order
+    return {"at": "peak", "bars": bars, "own_titles": own_titles,
+            "outside_titles": [TITLES[k] for k in OUTSIDE_CATEGORIES], "unexplained_title": UNEXPLAINED}
 
 
 def _answer(group: str, a: str, a_runs: Sequence[StoredRun], b: str, b_runs: Sequence[StoredRun],

@@ -93,7 +93,7 @@ def _ledger(led: Mapping[str, Any]) -> list[str]:
     """Two charts: the run's own memory on its own scale, then the run as one segment of
     the host's used memory with what lay outside it (the context, often far larger)."""
     bars = led["bars"]
-    own = list(dict.fromkeys(c for b in bars for c in b["own"]))
+    own = led["own_titles"]
     palette = {c: colour(i) for i, c in enumerate(own)}
     data = [(f"{b['environment']} (n={b['runs']})", [(c, max(0.0, float(b["own"].get(c) or 0))) for c in own])
             for b in bars]

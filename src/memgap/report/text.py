@@ -132,8 +132,7 @@ def ledger_rows(ledger: Mapping[str, Any]) -> tuple[list[str], list[list[object]
     what lay outside the run, the unexplained rest and the host's used memory."""
     bars = ledger["bars"]
     head = ["category", *[f"{b['environment']} (n={b['runs']})" for b in bars]]
-    own = list(dict.fromkeys(c for b in bars for c in b["own"]))
-    outside = list(dict.fromkeys(c for b in bars for c in b["outside"]))
+    own, outside = ledger["own_titles"], ledger["outside_titles"]
     rows: list[list[object]] = [[c, *[fmt_bytes(b["own"].get(c)) for b in bars]] for c in own]
     rows.append(["the run's own memory", *[fmt_bytes(b["own_bytes"]) for b in bars]])
     rows += [[f"outside the run: {c}", *[fmt_bytes(b["outside"].get(c)) for b in bars]] for c in outside]
