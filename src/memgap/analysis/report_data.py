@@ -73,7 +73,8 @@ def _ledger(series: Series, runs: Sequence[StoredRun], envs: Sequence[str]) -> d
     and what lay outside the run (which at peak can be nearly all of the host's used
     memory, and would leave the run's own categories as slivers on one scale)."""
     outside = {TITLES[k] for k in OUTSIDE_CATEGORIES}
-    bars = []
+    bars: list[dict[str, Any]] = []
+    measured: set[str] = set()  # titles of the run's own categories some environment measured
     for env in envs:
         sums: dict[str, list[int]] = defaultdict(list)
         n = 0
@@ -95,12 +96,13 @@ def _ledger(series: Series, runs: Sequence[StoredRun], envs: Sequence[str]) -> d
         cats = {t: sum(sums[k]) / len(sums[k]) for k, t in CATEGORIES if sums.get(k)}
         own = {t: v for t, v in cats.items() if t not in outside and t != UNEXPLAINED}
         out = {t: v for t, v in cats.items() if t in outside}
+        measured |= set(own)
         bars.append({"environment": env, "runs": n, "categories": cats, "own": own, "outside": out,
                      "own_bytes": sum(own.values()), "outside_bytes": sum(out.values()),
                      "unexplained_bytes": cats.get(UNEXPLAINED), "total_bytes": sum(cats.values())})
     if not bars:
         return None
-    own_titles = [t for _, t in CATEGORIES if any(t in b["own"] for b in bars)]  # in ledger order
+    own_titles = [t for _, t in CATEGORIES if t in measured]  # in ledger order
     return {"at": "peak", "bars": bars, "own_titles": own_titles,
             "outside_titles": [TITLES[k] for k in OUTSIDE_CATEGORIES], "unexplained_title": UNEXPLAINED}
 
