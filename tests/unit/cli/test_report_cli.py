@@ -3,6 +3,7 @@ study of memgap's own (with its sequential verdicts)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,20 @@ needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="shared/refe
 
 @needs_reference
 def test_seed_report(tmp_path: Path) -> None:
-    db, md, html = tmp_path / "s.db", tmp_path / "r.md", tmp_path / "r.html"
+    db, md, html, js = tmp_path / "s.db", tmp_path / "r.md", tmp_path / "r.html", tmp_path / "r.json"
     assert main(["import", "benchmark-spark", str(REFERENCE), "--store", str(db)]) == 0
-    assert main(["report", "--store", str(db), "--md", str(md), "--html", str(html), "--title", "seed"]) == 0
+    assert main(["report", "--store", str(db), "--md", str(md), "--html", str(html), "--json", str(js),
+                 "--title", "seed"]) == 0
     text = md.read_text()
+    # the answer first, per model: container against native, TensorRT-LLM's rule and what it read
+    answers = json.loads(js.read_text())["answers"]
+    assert [(a["group"], a["a"], a["b"]) for a in answers] == [
+        ("deepseek", "native", "container"), ("gpt120b", "native", "container"), ("qwen72b", "native", "container")]
+    for a in answers:
+        assert a["answer"]["rule"] == "trtllm" and a["answer"]["kv_differs"] and a["answer"]["rule_explains_kv"]
+        assert a["answer"]["rule_input_delta_bytes"] < 0  # the container read less free memory
+        assert a["answer"]["text"] in text
+    assert text.index("## The answer") < text.index("## Model deepseek")
     for model in ("deepseek", "gpt120b", "qwen72b"):
         assert f"## Model {model}" in text
     assert "| kv_cache_bytes | native | 10 | 44.31 GiB |" in text
