@@ -1,8 +1,9 @@
 """``memgap probe``'s core: read the memory sources engines size their KV cache from,
 here and now, and apply every engine's rule to them.
 
-``gather`` is the thin I/O part (meminfo, this process's memory cgroup, NVML, and
-``torch.cuda.mem_get_info`` when torch is installed); ``evaluate`` is pure: readings
+``gather`` is the thin I/O part (meminfo, this process's memory cgroup, NVML,
+``torch.cuda.mem_get_info`` when torch is installed, and for vLLM on a CPU the NUMA
+node's meminfo and the cgroup limit at /sys/fs/cgroup); ``evaluate`` is pure: readings
 and assumptions in, one budget per scenario and rule out. Every figure says whether it
 was measured here or assumed."""
 
@@ -18,9 +19,23 @@ from typing import Any
 from memgap import sizing
 from memgap.collect.cgroup import CgroupMemory, memory_cgroup_of, read_cgroup_memory
 from memgap.collect.meminfo import MemInfo, read_meminfo
+from memgap.collect.numa import (
+    NodeMemory,
+    VisibleLimit,
+    first_cpu_node,
+    read_node_memory,
+    read_visible_limit,
+)
 from memgap.collect.nvml import GpuReading, NvmlUnavailable, read_gpus
 from memgap.errors import MemgapError
-from memgap.sizing import EngineCosts, KvBudget, MemoryReadings
+from memgap.sizing import CpuEngineCosts, CpuNodeReadings, EngineCosts, KvBudget, MemoryReadings
+from memgap.spec import VLLM_CPU_DEFAULT_UTILIZATION
+
+# Where vLLM's CPU worker runs and whether it sees the limit of the cgroup it runs in.
+# docker/podman: runc mounts the container's own cgroup at /sys/fs/cgroup (v1), or a
+# cgroup namespace does (v2). native and memgap's sandbox: /sys/fs/cgroup is the host's
+# root, so the engine reads what this process reads there, whatever cgroup it runs in.
+CPU_ENVIRONMENTS = ("native", "sandbox", "docker", "podman")
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,22 @@ class Measured:
     gpus_unavailable: str | None
     torch: tuple[tuple[int, int], ...] | None  # (free, total) per device, or None
     torch_unavailable: str | None
+    cpu_node: NodeMemory | None = None  # the NUMA node vLLM's CPU worker would size from
+    visible_limit: VisibleLimit | None = None  # the cgroup limit at /sys/fs/cgroup, as an engine started here reads it
+    cpu_unavailable: str | None = "not read"
+
+
+@dataclass(frozen=True)
+class VllmCpuAssumptions:
+    """How a vLLM start on this CPU would be made: where, under which limit, with which
+    KV size or utilizations, and the engine's own memory (estimates, with their source)."""
+
+    env: str = "native"
+    memory_limit_bytes: int | None = None  # the sandbox's --memory-limit or a container's --memory
+    kv_cache_memory_bytes: int | None = None  # an explicit size; None: the automatic rule
+    utilizations: Sequence[float] = (VLLM_CPU_DEFAULT_UTILIZATION, 0.92)  # memgap's CPU default, vLLM's
+    costs: CpuEngineCosts = CpuEngineCosts()
+    block_size: int = sizing.VLLM_CPU_BLOCK_SIZE
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,7 @@ class Assumptions:
     bytes_per_token: int | None = None
     n_ctx: int | None = None
     fractions: Sequence[float] = ()  # what-if fractions, applied to every rule
+    vllm_cpu: VllmCpuAssumptions = VllmCpuAssumptions()
 
 
 @dataclass(frozen=True)
@@ -91,6 +123,10 @@ class ProbeResult:
                 "gpus_unavailable": m.gpus_unavailable,
                 "torch_mem_get_info": [{"free_bytes": f, "total_bytes": t} for f, t in m.torch] if m.torch else None,
                 "torch_unavailable": m.torch_unavailable,
+                "cpu_node": None if m.cpu_node is None else {
+                    k: v for k, v in asdict(m.cpu_node).items() if k != "raw"},
+                "visible_cgroup_limit": None if m.visible_limit is None else asdict(m.visible_limit),
+                "cpu_unavailable": m.cpu_unavailable,
             },
             "assumed": {
                 "weights_bytes": self.assumptions.weights_bytes,
@@ -101,10 +137,17 @@ class ProbeResult:
                 "n_ctx": self.assumptions.n_ctx,
                 "default_fractions": dict(sizing.DEFAULT_FRACTIONS),
                 "what_if_fractions": list(self.assumptions.fractions),
+                "vllm_cpu": _vllm_cpu_dict(self.assumptions.vllm_cpu),
             },
             "scenarios": [s.to_dict() for s in self.scenarios],
             "notes": list(self.notes),
         }
+
+
+def _vllm_cpu_dict(v: VllmCpuAssumptions) -> dict[str, Any]:
+    d = asdict(v)
+    d["utilizations"] = list(v.utilizations)
+    return d
 
 
 def _gpu_dict(g: GpuReading) -> dict[str, Any]:
@@ -116,8 +159,18 @@ def _gpu_dict(g: GpuReading) -> dict[str, Any]:
 # --- I/O -----------------------------------------------------------------------------
 
 
-def gather(proc_root: Path = Path("/proc"), *, use_nvml: bool = True, use_torch: bool = True) -> Measured:
+def gather(proc_root: Path = Path("/proc"), *, use_nvml: bool = True, use_torch: bool = True,
+           sys_root: Path = Path("/sys"), numa_node: int | None = None) -> Measured:
     meminfo = read_meminfo(proc_root)
+    cpu_node: NodeMemory | None = None
+    visible: VisibleLimit | None = None
+    cpu_why: str | None = None
+    try:
+        node = numa_node if numa_node is not None else (first_cpu_node(sys_root) or 0)
+        cpu_node = read_node_memory(node, sys_root, proc_root)
+        visible = read_visible_limit(sys_root)
+    except (OSError, MemgapError) as e:
+        cpu_why = f"node memory or cgroup limit unreadable: {e}"
     read_at = time.time()
     cgroup_path: str | None = None
     cgroup: CgroupMemory | None = None
@@ -138,7 +191,8 @@ def gather(proc_root: Path = Path("/proc"), *, use_nvml: bool = True, use_torch:
             gpus, gpus_unavailable = tuple(found), None if found else "NVML found no GPU"
     torch_info, torch_why = _torch_mem_get_info() if use_torch else (None, "not asked (--no-torch)")
     return Measured(read_at=read_at, meminfo=meminfo, cgroup_path=cgroup_path, cgroup=cgroup, gpus=gpus,
-                    gpus_unavailable=gpus_unavailable, torch=torch_info, torch_unavailable=torch_why)
+                    gpus_unavailable=gpus_unavailable, torch=torch_info, torch_unavailable=torch_why,
+                    cpu_node=cpu_node, visible_limit=visible, cpu_unavailable=cpu_why)
 
 
 def _torch_mem_get_info() -> tuple[tuple[tuple[int, int], ...] | None, str | None]:
@@ -220,15 +274,67 @@ def evaluate(m: Measured, a: Assumptions) -> ProbeResult:
                            source=f"torch.cuda.mem_get_info({i})")
         scenarios.append(Scenario(f"torch{i}", f"device {i} as the engines read it (torch.cuda.mem_get_info)",
                                   True, r, _budgets(r, a)))
+    cpu = vllm_cpu_scenario(m, a)
+    if cpu is not None:
+        scenarios.append(cpu)
+    elif m.cpu_unavailable:
+        notes.append(f"no vLLM CPU prediction: {m.cpu_unavailable}")
     if not m.gpus and not m.torch:
         notes.append("no GPU reading here (" + (m.gpus_unavailable or "none") + "); "
-                     "only the unified-memory model applies")
+                     "only the unified-memory model" + (" and vLLM's CPU rule apply" if cpu else " applies"))
     if a.weights_source == "assumed":
         notes.append("no --weights-bytes or --model: weights assumed 0 B")
     if not a.activation_peak_bytes and not a.non_torch_bytes:
         notes.append("activation peak and non-torch memory assumed 0 B (give --activation-bytes, "
                      "--non-torch-bytes from an engine log to refine)")
     return ProbeResult(measured=m, assumptions=a, scenarios=tuple(scenarios), notes=tuple(notes))
+
+
+def cpu_readings(m: Measured, v: VllmCpuAssumptions) -> CpuNodeReadings | None:
+    """The readings a vLLM CPU worker started in ``v.env`` would take, from this
+    machine's: the node is the same everywhere (a container sees the host's /sys/devices);
+    the cgroup limit it reads depends on where it runs (CPU_ENVIRONMENTS)."""
+    if m.cpu_node is None:
+        return None
+    here = m.visible_limit or VisibleLimit(None, None, None)
+    own = m.cgroup.limit_bytes if m.cgroup is not None else None
+    visible: int | None = here.limit_bytes
+    usage: int | None = here.usage_bytes
+    enforced: int | None = v.memory_limit_bytes
+    if v.env in ("docker", "podman"):
+        # A fresh container's own cgroup: the limit it is given, nothing charged yet.
+        visible, usage = v.memory_limit_bytes, 0
+    elif v.env == "native":
+        # This process's own cgroup limit binds the engine too, but it may be invisible.
+        enforced = own if own is not None and own != here.limit_bytes else None
+    return CpuNodeReadings(node=m.cpu_node.node, total_bytes=m.cpu_node.total_bytes,
+                           available_bytes=m.cpu_node.available_bytes, visible_limit_bytes=visible,
+                           visible_usage_bytes=usage, enforced_limit_bytes=enforced, source=m.cpu_node.source)
+
+
+def vllm_cpu_scenario(m: Measured, a: Assumptions) -> Scenario | None:
+    v = a.vllm_cpu
+    r = cpu_readings(m, v)
+    if r is None:
+        return None
+    budgets: list[KvBudget] = []
+    if v.kv_cache_memory_bytes is not None:
+        budgets.append(sizing.vllm_cpu(r, v.costs, kv_cache_memory_bytes=v.kv_cache_memory_bytes,
+                                       bytes_per_token=a.bytes_per_token, block_size=v.block_size))
+    for f in dict.fromkeys((*v.utilizations, *a.fractions)):
+        budgets.append(sizing.vllm_cpu(r, v.costs, utilization=f, bytes_per_token=a.bytes_per_token,
+                                       block_size=v.block_size))
+    limit = "no cgroup limit visible to it" if r.visible_limit_bytes is None else \
+        f"sees the cgroup limit {r.visible_limit_bytes} B"
+    notes = [f"worker RSS {v.costs.worker_rss_bytes} B and engine {v.costs.engine_bytes} B: {v.costs.source}"]
+    if v.env == "sandbox" and v.memory_limit_bytes is not None:
+        notes.append("memgap's sandbox has no cgroup namespace: the engine reads the host's root cgroup at "
+                     "/sys/fs/cgroup, not the sandbox's limit")
+    assert m.cpu_node is not None  # cpu_readings answered
+    readings = MemoryReadings(total_bytes=r.total_bytes, free_bytes=m.cpu_node.free_bytes,
+                              available_bytes=r.available_bytes, unified=False, source=r.source)
+    return Scenario("vllm-cpu", f"vLLM on this CPU ({v.env}; {limit}), NUMA node {r.node}", True, readings,
+                    tuple(budgets), tuple(notes))
 
 
 def _cgroup_notes(m: Measured, r: MemoryReadings, a: Assumptions) -> tuple[str, ...]:

