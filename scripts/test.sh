@@ -2,7 +2,7 @@
 # Set up (see setup.sh) and run the whole test suite: unit and integration tests, lint, types.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --engine vllm  # the integration tests run a real vLLM (tests/integration/test_vllm_real.py)
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 # Container services for the docker/podman/chroot tests (scripts/services.sh): a dockerd of
