@@ -174,7 +174,18 @@ def gather(proc_root: Path = Path("/proc")) -> dict[str, Any]:
         "engines": _engines(),
         "environments": _environments(),
         "python": sys.version.split()[0],
+        "memory": _memory(proc_root),
     }
+
+
+def _memory(proc_root: Path) -> dict[str, Any]:
+    """Who holds memory now, the kernel's reserve and /dev/shm (memgap.diagnose)."""
+    from memgap.diagnose.machine import machine_facts
+    from memgap.engines.registry import REGISTRY
+
+    facts = machine_facts(proc_root).to_dict()
+    facts["engine_shm_needs"] = {name: info.container.shm_size for name, info in REGISTRY.items()}
+    return facts
 
 
 # ------------------------------------------------------------------- findings (pure)
@@ -228,6 +239,10 @@ def findings(f: dict[str, Any]) -> list[Finding]:
         disables = None if ok else ("runs of the embedded default (scripts/setup.sh installs it)"
                                     if name in ("llama-server", "embedded_model") else f"the {name} engine")
         out.append(Finding("engines", name, ok, str(detail), disables))
+    from memgap.diagnose.machine import doctor_findings
+
+    mem = f.get("memory") or {}
+    out.extend(Finding(*x) for x in doctor_findings(mem, mem.get("engine_shm_needs")))
     for name, e in f.get("environments", {}).items():
         out.append(Finding("environments", name, bool(e.get("available")), "available" if e.get("available")
                            else str(e.get("reason")), None if e.get("available") else f"--env {name}"))

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from memgap.diagnose.machine import add_probe_notes
 from memgap.errors import UsageError
 from memgap.kv import kv_dtype
 from memgap.modelcfg import read_model_config
@@ -76,7 +77,7 @@ def probe(
         measured = gather(proc_root, use_nvml=nvml, use_torch=torch, sys_root=sys_root, numa_node=numa_node)
     except OSError as e:
         raise UsageError(f"cannot read {proc_root}/meminfo: {e.strerror or e}") from e
-    result = evaluate(measured, a)
+    result = add_probe_notes(evaluate(measured, a), proc_root)  # who holds memory, the kernel's reserve (issue 14)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
