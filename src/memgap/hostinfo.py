@@ -106,4 +106,7 @@ def _gpus() -> Any:
         return {"unavailable": str(e)}
     if isinstance(r, NvmlUnavailable):
         return {"unavailable": r.reason}
-    return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "unified_memory": g.unified_memory} for g in r]
+    # not_supported says which NVML queries answered "Not Supported" (memory_info on GB10):
+    # the ledger then reads the engine's GPU memory from the per-process figures.
+    return [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "unified_memory": g.unified_memory,
+             "not_supported": list(g.not_supported), "addressing_mode": g.addressing_mode} for g in r]

@@ -37,7 +37,8 @@ from memgap.analysis.sides import (
 ENGINE_OWN = ("model_weights_anon", "kv_cache", "compute_buffers", "engine_anon_other", "kernel",
               "gpu_outside_cgroup")
 SUBJECTS = {"page_cache": "page cache", "shmem": "shmem", "other_processes": "memory outside the run",
-            "gpu_outside_cgroup": "the engine's GPU memory besides its KV cache"}
+            "gpu_outside_cgroup": "the engine's GPU memory besides its KV cache",
+            "memory_limit": "memory limit", "page_cache_as_non_torch": "page cache booked as non-torch memory"}
 MAX_NAMED = 3  # carriers the paragraph names; all are in the fields
 
 
@@ -134,6 +135,8 @@ def build_answer(a: Side, b: Side, rows: Sequence[Row], hyps: Sequence[Hypothesi
     carriers = _carriers(rows, d_used, scale(rows))
     own = _engine_own(rows)
     rule_input, d_input, when = _rule_input(a, b, engine, link.reading)
+    if rule.numbers.get("rule_input"):  # a rule whose input is not a free-memory reading (vLLM on a CPU)
+        rule_input, d_input, when = rule.numbers["rule_input"], rule.numbers.get("rule_input_delta_bytes"), ""
     explained = tuple((h.name, int(h.numbers["kv_implied_delta_bytes"])) for h in hyps
                       if h.name != rule.name and h.explains_kv and h.numbers.get("kv_implied_delta_bytes") is not None)
 
@@ -196,6 +199,8 @@ def _rule_sentence(engine: str | None, rule: Hypothesis, d_input: int | None, wh
     if engine is None:
         return "The two sides ran different engines, so no one sizing rule can explain it."
     read = ""
+    if rule.verdict == SUPPORTED and rule.numbers.get("explanation"):
+        return f"{name}'s rule explains it: {rule.numbers['explanation']}."
     if d_input is not None:
         read = f"it read {size(abs(d_input))} {'less' if d_input < 0 else 'more'} free memory {when}"
         n = rule.numbers

@@ -15,6 +15,7 @@ says whether the rule fits the runs."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from memgap.analysis.rulefit import (
@@ -43,6 +44,8 @@ from memgap.analysis.sides import (
     scale,
     sum_opt,
 )
+from memgap.diagnose.limits import limit_hypothesis
+from memgap.diagnose.pagecache import pagecache_hypothesis
 
 # Which readings a memory lowers: page cache is free to MemAvailable, the rest is not.
 LOWERS_FREE_ONLY = frozenset({MEMFREE})
@@ -53,8 +56,31 @@ PAGE_CACHE_KEYS = ("page_cache_mapped", "page_cache_unmapped")
 def hypotheses(a: Side, b: Side, rows: Sequence[Row]) -> list[Hypothesis]:
     rule = sizing_rule(a, b, rows)
     link = kv_link(a, b, rows, rule)
-    return [rule, page_cache(a, b, rows, link), cgroup_accounting(a, b, rows, link), shmem(a, b, rows, link),
-            other_processes(a, b, rows, link), gpu_outside_cgroup(a, b, rows, link)]
+    out = [rule, page_cache(a, b, rows, link), cgroup_accounting(a, b, rows, link), shmem(a, b, rows, link),
+           other_processes(a, b, rows, link), gpu_outside_cgroup(a, b, rows, link)]
+    return out + diagnosed(a, b, rows, link, out)
+
+
+def diagnosed(a: Side, b: Side, rows: Sequence[Row], link: KvLink, weighed: list[Hypothesis]) -> list[Hypothesis]:
+    """The engine-specific mechanisms of memgap.diagnose (issue 14), where the runs show
+    them: a memory limit vLLM's CPU worker read, and page cache vLLM booked as non-torch
+    memory. Where the limit explains the KV difference, the cgroup hypothesis says so
+    instead of "no rule reads the cgroup"."""
+    th = material_bytes(scale(rows))
+    kv = row(rows, "engine.kv_cache_bytes").delta_bytes
+    out = []
+    lim = limit_hypothesis(a.records, b.records, (a.label, b.label), kv, th)
+    if lim is not None:
+        out.append(Hypothesis(**lim))
+        if lim["explains_kv"]:
+            i = next(i for i, h in enumerate(weighed) if h.name == "cgroup_accounting")
+            weighed[i] = replace(weighed[i], kv_evidence="not the charge but the limit reached the engine: vLLM's CPU "
+                                 "worker reads the cgroup limit as its total (see memory_limit)")
+    pc = pagecache_hypothesis([(s.label, s.records, s.samples.get("start", ()), s.samples.get("ready", ()))
+                               for s in (a, b)], kv, th)
+    if pc is not None:
+        out.append(Hypothesis(**pc))
+    return out
 
 
 def _verdict(differs: bool) -> str:

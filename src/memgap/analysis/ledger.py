@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from memgap.diagnose.gpu_source import gpu_memory_source
 from memgap.memory import memory_summary
 from memgap.series import MemorySeries
 
@@ -301,6 +302,8 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
 
     gpu = _g(row, "gpu_process_used_bytes")
     unified = _gpu_unified(record)
+    if (source := gpu_memory_source(record, gpu)) is not None:  # which NVML reading, and why (issue 14, case 7)
+        notes.append(source.sentence)
     if gpu is None:
         cat["gpu_outside_cgroup"] = (None, "not measured: no NVML per-process reading in this run")
     elif unified:

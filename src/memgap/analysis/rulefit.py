@@ -29,6 +29,7 @@ from memgap.analysis.sides import (
     scale,
     unified,
 )
+from memgap.diagnose.limits import vllm_cpu_rule
 
 # The memory figure each engine's rule reads, from memgap.sizing's docstrings.
 MEMORY_SOURCE = {
@@ -207,6 +208,9 @@ def sizing_rule(a: Side, b: Side, rows: Sequence[Row]) -> Hypothesis:
         h = _trtllm_rule(a, b, kv, rows)
     elif engine == "llamacpp":
         h = _llamacpp_rule(a, b, kv, rows)
+    elif engine == "vllm" and (cpu := vllm_cpu_rule(a.records, b.records, (a.label, b.label),
+                                                    material_bytes(scale(rows)))) is not None:
+        h = Hypothesis(**{**cpu, "claim": CLAIM})  # vLLM on a CPU: its log gives what it sized from
     else:
         h = Hypothesis(NAME, CLAIM, NOT_MEASURED, f"no fit of {engine}'s rule yet; its memory source: "
                        f"{MEMORY_SOURCE.get(engine, 'unknown')}")
