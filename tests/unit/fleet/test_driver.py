@@ -190,3 +190,17 @@ def test_a_host_that_cannot_run_a_cell_gets_one_failed_run_with_the_cause(tmp_pa
         ("node-a", "native"), ("node-a", "native"), ("node-a", "sandbox"), ("node-a", "sandbox"),
         ("node-b", "native"), ("node-b", "native")]
     assert any("1 more wait for a resume" in n for n in out.notes)
+
+
+def test_a_resume_keeps_the_hosts_the_study_was_planned_with(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        _drive(FakeRay([_node(A, "node-a")], lose={(A, 2)}), _exp(""), st, experiment_path=None, on_event=None)
+        assert [r.status for r in st.runs()] == ["ok", "failed"]  # the node was lost: the 2nd run is failed
+        # the cluster now has another node: the plan (hosts = the ones discovered first) is unchanged
+        out = _drive(FakeRay([_node(A, "node-a"), _node(B1, "node-b")]), _exp(""), st, experiment_path=None,
+                     on_event=None)
+        assert out.resumed and out.runs_this_time == [] and st.study("study:f")["plan"]["cluster"] == {"hosts": ["node-a"]}
+        # naming other hosts is another plan, refused naming the change
+        with pytest.raises(UsageError, match=r'cluster.hosts: \["node-a"\] -> \["node-a", "node-b"\]'):
+            _drive(FakeRay([_node(A, "node-a"), _node(B1, "node-b")]), _exp('hosts = ["node-a", "node-b"]'), st,
+                   experiment_path=None, on_event=None)
