@@ -36,6 +36,9 @@ class EngineCommand:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     read_paths: tuple[Path, ...] = ()
+    # Folders the command writes to (a self-driven engine's dataset, engine and report):
+    # bind-mounted read-write where read_paths are read-only.
+    write_paths: tuple[Path, ...] = ()
     # What the engine needs in /dev/shm inside a container (docker and podman mount 64m),
     # in docker's size syntax; applied where the run sets neither --shm-size nor --ipc.
     shm_size: str | None = None

@@ -11,6 +11,7 @@ the fraction flag)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,11 +128,14 @@ class TrtllmBench:
             argv += ["--model_path", str(self.opts.model_path)]
         return argv
 
-    def _read(self, workdir: Path) -> tuple[Path, ...]:
-        paths = [workdir]
-        if self.opts.model_path is not None:
-            paths.append(self.opts.model_path)
-        return tuple(paths)
+    def _command(self, argv: list[str], workdir: Path) -> EngineCommand:
+        """The step's command: it reads the checkpoint (and an executable given as a
+        path) and writes the dataset, engine and report in ``workdir``."""
+        read = [p for p in (self.opts.model_path,) if p is not None]
+        exe = self.opts.executable
+        if exe is not None and os.sep in exe:
+            read.append(Path(exe))
+        return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=tuple(read), write_paths=(workdir,))
 
     def dataset_path(self, workdir: Path) -> Path:
         return workdir / "dataset.jsonl"
@@ -152,7 +156,7 @@ class TrtllmBench:
             "--input-mean", str(o.input_len), "--input-stdev", "0",
             "--output-mean", str(o.output_len), "--output-stdev", "0",
         ]
-        return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=self._read(workdir))
+        return self._command(argv, workdir)
 
     def build_command(self, workdir: Path) -> EngineCommand | None:
         """The engine build step; None for the PyTorch backend, which needs none."""
@@ -160,7 +164,7 @@ class TrtllmBench:
             return None
         argv = self._base() + ["--workspace", str(workdir), "build", "--dataset", str(self.dataset_path(workdir)),
                                "--tp_size", str(self.opts.tp_size)]
-        return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=self._read(workdir))
+        return self._command(argv, workdir)
 
     def throughput_command(self, workdir: Path, engine_dir: Path | None = None) -> EngineCommand:
         o, load = self.opts, self.load
@@ -180,7 +184,7 @@ class TrtllmBench:
         if o.max_batch_size is not None:
             argv += ["--max_batch_size", str(o.max_batch_size)]
         argv += list(o.extra_args)
-        return EngineCommand(argv=tuple(argv), env=dict(_ENV), read_paths=self._read(workdir))
+        return self._command(argv, workdir)
 
     def commands(self, workdir: Path) -> list[EngineCommand]:
         return [s.command for s in self.steps(workdir)]

@@ -100,7 +100,7 @@ class ChrootEnvironment(Environment):
     @contextlib.contextmanager
     def launch(self, spec: LaunchSpec) -> Iterator[RunningEngine]:
         with self._root() as (root, host_usr):
-            mounts = engine_mounts(spec.command.read_paths, host_usr=host_usr)
+            mounts = engine_mounts(spec.command.read_paths, host_usr=host_usr, write_paths=spec.command.write_paths)
             created = _make_mount_points(root, [m.target for m in mounts] + [Path(p) for p in SYSTEM_MOUNTS])
             try:
                 with open_log(spec.log_path) as log:

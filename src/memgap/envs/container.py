@@ -51,19 +51,22 @@ class Mount:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
-def engine_mounts(read_paths: Sequence[Path], *, host_usr: bool) -> list[Mount]:
+def engine_mounts(read_paths: Sequence[Path], *, host_usr: bool, write_paths: Sequence[Path] = ()) -> list[Mount]:
     """Bind mounts that make the engine command's absolute paths valid inside the
     container: each read path's folder (a file's parent) at the same place, read-only,
-    plus the host's /usr for memgap's own rootfs. Paths inside another one are dropped."""
-    dirs: list[Path] = [Path("/usr")] if host_usr else []
-    for p in read_paths:
+    plus the host's /usr for memgap's own rootfs; each write path's folder read-write.
+    Paths inside another one are dropped (a read path inside a written folder too)."""
+    def folder(p: Path) -> Path:
         p = Path(os.path.abspath(p))
-        dirs.append(p if not p.exists() or p.is_dir() else p.parent)
+        return p if not p.exists() or p.is_dir() else p.parent
+
+    writable = {folder(p) for p in write_paths}
+    dirs: list[Path] = ([Path("/usr")] if host_usr else []) + [folder(p) for p in read_paths] + sorted(writable)
     out: list[Path] = []
-    for d in sorted(set(dirs), key=lambda x: (len(x.parts), str(x))):
+    for d in sorted(set(dirs), key=lambda x: (len(x.parts), str(x), x not in writable)):
         if not any(d == o or o in d.parents for o in out):
             out.append(d)
-    return [Mount(d, d) for d in out]
+    return [Mount(d, d, read_only=d not in writable) for d in out]
 
 
 def _argv_value(argv: Sequence[str], flag: str) -> tuple[int, str] | None:

@@ -348,7 +348,8 @@ class ContainerEnvironment(Environment):
             # run's own, removed last (after the container).
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memgap-run-cli-")))
             src = self.prepare(spec, stack)
-            mounts: list[Mount] = engine_mounts(spec.command.read_paths, host_usr=src.host_usr)
+            mounts: list[Mount] = engine_mounts(spec.command.read_paths, host_usr=src.host_usr,
+                                                   write_paths=spec.command.write_paths)
             command, publish = adapt_for_network(spec.command.argv, self.options.network)
             argv = build_run_argv(
                 self.cli.require(),

@@ -119,6 +119,17 @@ def test_engine_mounts_bind_folders_once_and_the_host_usr(tmp_path: Path) -> Non
     assert engine_mounts([tmp_path / "venv", binary_dir], host_usr=False) == [Mount(tmp_path / "venv", tmp_path / "venv")]
 
 
+def test_write_paths_are_bound_read_write(tmp_path: Path) -> None:
+    """A self-driven engine (trtllm-bench) writes its dataset, engine and report in the
+    run's folder; what it only reads stays read-only, also inside that folder."""
+    work, ckpt = tmp_path / "work", tmp_path / "ckpt"
+    work.mkdir()
+    ckpt.mkdir()
+    mounts = engine_mounts([ckpt, work / "dataset.jsonl"], host_usr=True, write_paths=[work])
+    assert mounts == [Mount(Path("/usr"), Path("/usr")), Mount(ckpt, ckpt), Mount(work, work, read_only=False)]
+    assert Mount(work, work, read_only=False).flag() == f"{work}:{work}"
+
+
 def test_host_network_needs_no_published_port() -> None:
     assert adapt_for_network(ENGINE, "host") == (ENGINE, [])
 
