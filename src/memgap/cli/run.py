@@ -173,6 +173,9 @@ def specs_from_flags(given: dict[str, Any], spec_file: Path | None) -> list[RunS
     flags = {k: v for k, v in given.items() if k not in ("env", "set_")}
     doc, where = apply_overrides(base, overrides_from_flags(flags, given.get("set_") or ()))
     envs = given.get("env")
+    if "attach" in given and envs is not None and envs != ["attached"]:
+        raise UsageError("--attach measures an engine that is already running (environment 'attached'): "
+                         "leave out --env")
     if envs is None:
         envs = [doc.get("environment", {}).get("name", "native")] if spec_file or "attach" in given \
             else ["native", "sandbox"]

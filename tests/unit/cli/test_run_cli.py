@@ -21,6 +21,8 @@ from memgap.cli.main import main
         (["--sample-rate", "0"], "--sample-rate"),
         (["--api", "embeddings"], "api"),
         (["--store", "/nonexistent-dir/x.db", "--env", "native"], "does not exist"),
+        (["--attach", "http://127.0.0.1:9", "--env", "native"], "--attach measures an engine that is already running"),
+        (["--attach", "http://127.0.0.1:9", "--pid", "1", "--container", "c"], "at most one of pid, container, cgroup"),
     ],
 )
 def test_bad_input_is_one_clear_line(
