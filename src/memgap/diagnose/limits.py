@@ -203,13 +203,13 @@ def _asked(report: Mapping[str, Any]) -> tuple[int | None, str]:
         non_kv = extra.get("non_kv_bytes")
         line = "'Auto set'" if extra.get("kv_cache_source") == "auto" else "'Explicitly set'"
         if non_kv is not None:
-            return int(kv) + int(non_kv), (f"for its worker: KV cache {gib(kv)} + {gib(non_kv)} of non-KV memory "
+            return int(kv) + int(non_kv), (f" for its worker: KV cache {gib(kv)} + {gib(non_kv)} of non-KV memory "
                                            f"(its {line} line)")
-        return int(kv), f"for its KV cache (its {line} line)"
+        return int(kv), f" for its KV cache (its {line} line)"
     parts = [(n, v) for n, v in (("weights", weights), ("KV cache", kv), ("buffers", compute)) if v is not None]
     if not parts:
         return None, ""
-    return sum(int(v) for _, v in parts), " + ".join(f"{n} {gib(v)}" for n, v in parts) + " (its log)"
+    return sum(int(v) for _, v in parts), ": " + " + ".join(f"{n} {gib(v)}" for n, v in parts) + " (its log)"
 
 
 def oom_cause(failure: str, report: Mapping[str, Any], cgroup_final: Mapping[str, Any] | None,
@@ -224,7 +224,7 @@ def oom_cause(failure: str, report: Mapping[str, Any], cgroup_final: Mapping[str
     if asked is None or limit is None:
         return None
     numbers: dict[str, Any] = {"asked_bytes": asked, "limit_bytes": limit, "cgroup_peak_bytes": cf.get("peak_bytes")}
-    sentence = f"It had asked for {gib(asked)} {how} against the memory limit {gib(limit)}"
+    sentence = f"It had asked for {gib(asked)}{how} against the memory limit {gib(limit)}"
     if cf.get("peak_bytes") is not None:
         sentence += f", and its cgroup's peak reached {gib(cf['peak_bytes'])} with all its processes"
     sentence += "."
@@ -242,7 +242,7 @@ def oom_cause(failure: str, report: Mapping[str, Any], cgroup_final: Mapping[str
             sentence += (f" {engine} sized from {gib(total)}, node MemTotal, not from the limit: the limit was not "
                          f"visible to it ({hidden}).")
     else:
-        sentence += f" {engine}'s sizing rule does not read host memory limits."
+        sentence += f" {engine[:1].upper()}{engine[1:]}'s sizing rule does not read host memory limits."
     remedy = ("Run it where the limit is visible to it (a container), give an explicit --kv-cache-memory below the "
               "limit less the engine's own memory, or raise the limit.")
     return Diagnosis(4, mechanism, sentence, numbers, remedy)

@@ -23,8 +23,11 @@ from typing import Any
 
 from memgap.diagnose.base import PAGE_CACHE_AS_USED, Diagnosis, gib
 
-MIN_NON_TORCH_BYTES = 256 << 20  # below this there is nothing worth attributing
-BOOKED_SHARE = 0.5  # the cache growth must cover at least this share of non-torch
+MIN_GROWTH_BYTES = 256 << 20  # less page cache growth than this is not worth attributing
+# A reading that counts page cache as used books all of its growth as non-torch memory;
+# the figure must hold at least this share of the growth (the rest: rounding, cache the
+# kernel dropped meanwhile) for the growth to be called booked.
+BOOKED_SHARE = 0.8
 
 
 def non_torch(report: Mapping[str, Any]) -> int | None:
@@ -65,10 +68,14 @@ class Booked:
 
     @property
     def booked_bytes(self) -> int:
-        """The part of non-torch memory the page cache growth accounts for."""
-        if self.non_torch_bytes < MIN_NON_TORCH_BYTES or self.growth_bytes < BOOKED_SHARE * self.non_torch_bytes:
+        """The part of non-torch memory the page cache growth accounts for: all of the
+        growth when the non-torch figure holds it (a reading that counts page cache as
+        used books every byte of it), else none (the reading counted it as free, as
+        MemAvailable does, and the non-torch memory is the engine's own)."""
+        g = self.growth_bytes
+        if g < MIN_GROWTH_BYTES or self.non_torch_bytes < BOOKED_SHARE * g:
             return 0
-        return min(self.growth_bytes, self.non_torch_bytes)
+        return min(g, self.non_torch_bytes)
 
 
 def booked(record: Mapping[str, Any], start: Mapping[str, Any] | None, ready: Mapping[str, Any] | None) -> Booked | None:

@@ -63,9 +63,8 @@ def find_signature(log_text: str) -> ShmSignature | None:
 
 
 def _tail(line: str, start: int) -> str:
-    # Keep the message, not the logger prefix or traceback frame before it.
-    cut = line.rfind("Error: ", 0, start)
-    return line[cut if cut >= 0 else start:].strip()
+    # The message itself, not the logger prefix, traceback frame or exception class.
+    return line[start:].strip()
 
 
 @dataclass(frozen=True)
