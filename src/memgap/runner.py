@@ -391,19 +391,23 @@ def _perform_self_driven(
                         phase=lambda p: obs.phase(name, p))
         summary, report_text = engine.workload_summary(Path(workdir))
     log_text = out.log_text + (REPORT_MARKER + report_text if report_text is not None else "")
-    failure = _steps_failure(out, summary, report_text)
-    status = "ok" if failure is None else "failed"
-    measured = next((s for s in out.steps if s.measured), None)
+    report = engine.parse_log(log_text)
     info = {**out.env_run_info, "self_driven": {
         "steps": [s.to_dict() for s in out.steps],
         "report": {k: (summary or {}).get(k) for k in ("source", "missing", "tpot_s")} if summary else None,
     }}
+    failure, info = after_run(_steps_failure(out, summary, report_text), interrupted=out.interrupted,
+                              engine=engine.name, report=report.to_dict(), log_text=log_text,
+                              cgroup_final=out.cgroup_final, env_info=info, series=out.series, created_at=created_at,
+                              exit_status=out.exit_status)  # what memgap diagnosed (issue 14), as for a served run
+    status = "ok" if failure is None else "failed"
+    measured = next((s for s in out.steps if s.measured), None)
     record = build_record(
         run_id=run_id, created_at=created_at, config=spec, engine=engine,
         model_sha256=model.sha256 if model else None, model_name=model.name if model else None,
         model_size_bytes=model.size_bytes if model else None, env=env, status=status, failure=failure,
         log_tail_text=log_tail(log_text.partition(REPORT_MARKER)[0]) if failure else None, ready_s=out.ready_s,
-        exit_status=out.exit_status, cgroup_final=out.cgroup_final, report=engine.parse_log(log_text).to_dict(),
+        exit_status=out.exit_status, cgroup_final=out.cgroup_final, report=report.to_dict(),
         summary=summary, memory=memory_summary(out.series) if out.series is not None else None,
         command=measured.argv if measured else [], env_run_info=info,
     )
