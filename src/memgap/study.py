@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from memgap.analysis.study_outcome import StudyOutcome, finished_runs, group_state, study_outcome
 from memgap.engines.base import Engine
@@ -55,10 +55,12 @@ def cell_spec(exp: Experiment, cell: Cell) -> RunSpec:
 
 
 def make_engine(exp: Experiment, model: str, variant: str) -> Engine:
-    from memgap.engines.registry import make_engine as registry_engine
+    """The cell's engine as a run makes it (registry.engine_for_run): a self-driven one
+    (trtllm-bench) takes its load from the study's workload, not a default."""
+    from memgap.engines.registry import engine_for_run
 
     env = exp.study.environments[0]
-    return registry_engine(cell_spec(exp, Cell(model, variant, env)).engine)
+    return cast("Engine", engine_for_run(cell_spec(exp, Cell(model, variant, env))))
 
 
 def make_env(exp: Experiment, cell: Cell) -> Environment:
