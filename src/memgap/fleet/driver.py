@@ -2,12 +2,12 @@
 every finished run committed here, in its own transaction, with the study's bookkeeping.
 
 For each host, the driver takes that host's planned runs in plan order (randomized blocks
-on each host, ``memgap.matrix``) and keeps one in flight: first a ``prepare`` task (the
-cooldown and the page-cache action, on the node), then it notes the attempt as started in
-``study_runs`` (with what the node did) and sends the run itself. Both tasks hold the
-node's ``memgap_slot``, so no other memgap run (of this study or another) shares the
-machine, and are pinned to the node (``NodeAffinitySchedulingStrategy``, never soft) with
-``max_retries=0``: Ray must not quietly run a measurement again elsewhere.
+on each host, ``memgap.matrix``) and keeps one in flight: one Ray task that holds the
+node's ``memgap_slot`` from start to end, so no other memgap run (of this study or another)
+shares the machine, pinned to the node (``NodeAffinitySchedulingStrategy``, never soft)
+with ``max_retries=0`` (Ray must not quietly run a measurement again elsewhere). The task
+streams two items: what the cooldown and the page-cache action did on the node, when the
+driver notes the attempt as started in ``study_runs``, and then the run's outcome.
 
 A node that dies under a run: the run is stored as failed (``node lost: ...``), and with
 ``[cluster] retry_lost`` run once more on another node of the same host, if it has one; a
@@ -29,7 +29,7 @@ from memgap.experiment import Experiment
 from memgap.fleet import SLOT_RESOURCE
 from memgap.fleet.faults import NODE_LOST, cause_text, classify, failed_record
 from memgap.fleet.nodes import FleetNode, memgap_nodes, nodes_of, study_hosts
-from memgap.fleet.task import check_node, outcome_from_dict, prepare_node, run_on_node
+from memgap.fleet.task import check_node, outcome_from_dict, run_on_node
 from memgap.matrix import Cell, PlannedRun, plan_runs
 from memgap.runner import new_run_id
 from memgap.spec import RunSpec
@@ -194,10 +194,15 @@ def run_fleet_study(
             ray.shutdown()
 
 
-def _remote(ray: Any, fn: Callable[..., Any]) -> Any:
+def _remote(ray: Any, fn: Callable[..., Any], *, streaming: bool = False) -> Any:
     # num_cpus=0: the slot, not Ray's CPU count, decides what runs where; max_retries=0:
-    # a measurement is never silently repeated by Ray.
-    return ray.remote(num_cpus=0, resources={SLOT_RESOURCE: 1}, max_retries=0)(fn)
+    # a measurement is never silently repeated by Ray. A run is one task that streams two
+    # items (its actions, then its outcome), so it holds the node's slot from the cooldown
+    # to the end of the run.
+    opts: dict[str, Any] = {"num_cpus": 0, "resources": {SLOT_RESOURCE: 1}, "max_retries": 0}
+    if streaming:
+        opts["num_returns"] = "streaming"
+    return ray.remote(**opts)(fn)
 
 
 def _on(node: FleetNode) -> Any:
@@ -289,9 +294,8 @@ def _settled(st: _State, p: PlannedRun) -> bool:
 
 
 def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
-    prepare_remote = _remote(ray, prepare_node)
-    run_remote = _remote(ray, run_on_node)
-    flights: dict[Any, _Flight] = {}
+    run_remote = _remote(ray, run_on_node, streaming=True)
+    flights: dict[Any, _Flight] = {}  # the run's task (a stream: its actions, then its outcome)
 
     def busy(host: str) -> bool:
         return any(f.planned.cell.host == host for f in flights.values())
@@ -310,9 +314,10 @@ def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
                     break
                 cooldown = st.exp.cooldown.model_dump() if (host in st.ran_on or st.resumed) else None
                 files = [str(st.check.cell(node, cell_key(p.cell)).get("model_path"))]
-                ref = prepare_remote.options(scheduling_strategy=_on(node)).remote(
-                    cooldown=cooldown, page_cache=st.exp.study.page_cache, files=files)
-                flights[ref] = _Flight("prepare", p, node)
+                task = run_remote.options(scheduling_strategy=_on(node)).remote(
+                    st.spec(p).to_dict(), host=host, cooldown=cooldown, page_cache=st.exp.study.page_cache,
+                    files=files)
+                flights[task] = _Flight("prepare", p, node)
                 st.ran_on.add(host)
 
     try:
@@ -320,23 +325,29 @@ def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
         while flights:
             # a timeout, so Ctrl-C (and SIGTERM, raised as KeyboardInterrupt) is seen each second
             ready, _ = ray.wait(list(flights), num_returns=1, timeout=1.0)
-            for ref in ready:
-                f = flights.pop(ref)
-                _land(ray, st, f, ref, flights, run_remote, on_event)
+            for task in ready:
+                _land(ray, st, task, flights, on_event)
             dispatch()
     except KeyboardInterrupt:
         _cancel(ray, st, flights)
         raise
 
 
-def _land(ray: Any, st: _State, f: _Flight, ref: Any, flights: dict[Any, _Flight], run_remote: Any,
-          on_event: OnEvent | None) -> None:
-    """One task came back: go on with its run, or store what it produced."""
+def _next(ray: Any, task: Any, timeout: float | None = None) -> Any:
+    """The task's next item. Ray raises a task's error here, or from the item's ref."""
+    return ray.get(next(task), timeout=timeout)
+
+
+def _land(ray: Any, st: _State, task: Any, flights: dict[Any, _Flight], on_event: OnEvent | None) -> None:
+    """The task sent its next item: the actions before the run (note the attempt as
+    started), or the run's outcome (store it); or Ray says it failed (store why)."""
+    f = flights[task]
     p, node, host = f.planned, f.node, f.planned.cell.host
     assert host is not None
     try:
-        result = ray.get(ref)
+        item = _next(ray, task)
     except Exception as e:  # noqa: BLE001 - Ray's errors, mapped to causes
+        del flights[task]
         kind, detail = classify(e)
         if kind == NODE_LOST:
             st.dead.add(node.node_id)
@@ -361,42 +372,44 @@ def _land(ray: Any, st: _State, f: _Flight, ref: Any, flights: dict[Any, _Flight
         created = _now()
         st.store.start_study_run(st.exp.study_id, plan_index=p.index, attempt=attempt, block=p.block,
                                  iteration=p.iteration, cell=p.cell.to_dict(), started_at=created,
-                                 actions={**result, "node": node.describe()})
+                                 actions={**item["actions"], "node": node.describe()})
+        flights[task] = _Flight("run", p, node, attempt, created)
         if on_event:
             on_event(p, host, "start")
-        run_ref = run_remote.options(scheduling_strategy=_on(node)).remote(st.spec(p).to_dict(), host=host)
-        flights[run_ref] = _Flight("run", p, node, attempt, created)
         return
+    del flights[task]
     st.queues[host].popleft()
-    if "error" in result:
-        st.fail(p, node, f"on {node.describe()}: {result['error']}", attempt=f.attempt, created_at=f.created_at)
-        if on_event:
-            on_event(p, host, "failed")
-        return
-    out = outcome_from_dict(result["outcome"])
-    cut = "interrupted" if out.interrupted else "finished"
-    st.commit(p, f.attempt, out.record, engine_log=out.engine_log, requests=out.requests, series=out.series,
-              status=cut, note=out.record.get("failure") if out.interrupted else None)
+    status = _store_result(st, f, item)
     if on_event:
-        on_event(p, host, out.record["status"])
+        on_event(p, host, status)
+
+
+def _store_result(st: _State, f: _Flight, item: Mapping[str, Any], *, cut: bool = False) -> str:
+    """Commit what a run's task sent back; returns the run's status."""
+    p, node = f.planned, f.node
+    if "error" in item:
+        st.fail(p, node, f"on {node.describe()}: {item['error']}", attempt=f.attempt, created_at=f.created_at)
+        return "failed"
+    out = outcome_from_dict(item["outcome"])
+    interrupted = cut or out.interrupted
+    st.commit(p, f.attempt, out.record, engine_log=out.engine_log, requests=out.requests, series=out.series,
+              status="interrupted" if interrupted else "finished",
+              note=(out.record.get("failure") or "interrupted") if interrupted else None)
+    return str(out.record["status"])
 
 
 def _cancel(ray: Any, st: _State, flights: dict[Any, _Flight]) -> None:
     """Ctrl-C: each run in flight is cancelled (its node's runner stops the engine and
-    cleans up) and noted as interrupted, so a resume redoes it."""
-    for ref in flights:
-        ray.cancel(ref)
-    for ref, f in flights.items():
+    cleans up, and sends back what it measured, stored as an interrupted attempt), so a
+    resume redoes it."""
+    for task in flights:
+        ray.cancel(task)
+    for task, f in flights.items():
         if f.kind != "run":
             continue
-        note = "memgap was interrupted during this run; it was cancelled on its node"
-        run_id = None
         try:
-            result = ray.get(ref, timeout=st.spec(f.planned).timeouts.stop_s + 20)
-            out = outcome_from_dict(result["outcome"])
-            st.store.add_run(out.record, engine_log=out.engine_log, requests=out.requests, series=out.series)
-            run_id = out.record["run_id"]
-        except Exception:  # noqa: BLE001, S110 - cancelled, lost or too slow: no record, noted below
-            pass
-        st.store.end_study_run(st.exp.study_id, plan_index=f.planned.index, attempt=f.attempt,
-                               status="interrupted", run_id=run_id, ended_at=_now(), note=note)
+            _store_result(st, f, _next(ray, task, timeout=st.spec(f.planned).timeouts.stop_s + 20), cut=True)
+        except Exception:  # noqa: BLE001 - cancelled, lost or too slow: no record, noted as such
+            st.store.end_study_run(st.exp.study_id, plan_index=f.planned.index, attempt=f.attempt,
+                                   status="interrupted", run_id=None, ended_at=_now(),
+                                   note="memgap was interrupted during this run; it was cancelled on its node")

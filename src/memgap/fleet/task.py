@@ -1,22 +1,22 @@
 """What runs on a memgap node, inside a Ray task that holds the node's slot.
 
-Three calls, each returning plain JSON-able data (Ray carries it back through its object
+Two tasks, each returning plain JSON-able data (Ray carries it back through its object
 store; the driver alone writes the store):
 
 - ``check_node``: before the study, for every cell: can this node make the engine, find
   the model (and what is its digest), and use the environment? (``memgap doctor``'s
   questions, asked where the runs will happen.)
-- ``prepare_node``: the cooldown and the page-cache action before a run, on the machine
-  they are about.
-- ``run_on_node``: ``memgap.runner.perform_run`` and its outcome, with the node's name in
-  the study added to the run's host facts.
+- ``run_on_node``: the cooldown and the page-cache action (``prepare_node``) on the
+  machine they are about, then ``memgap.runner.perform_run`` and its outcome, with the
+  node's name in the study added to the run's host facts; one task, so the node's slot is
+  held from the cooldown to the end of the run.
 
 Ray is imported only to ask the worker which node it is on."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -88,15 +88,20 @@ def outcome_from_dict(d: Mapping[str, Any]) -> RunOutcome:
                       series=d["series"], interrupted=bool(d.get("interrupted")))
 
 
-def run_on_node(spec: Mapping[str, Any], *, host: str) -> dict[str, Any]:
-    """One run here. Returns ``{"outcome": ...}``, or ``{"error": ..., "host": ...}`` when
-    memgap refused to start it (a missing privilege, tool or file: nothing was created)."""
+def run_on_node(spec: Mapping[str, Any], *, host: str, cooldown: Mapping[str, Any] | None, page_cache: str,
+                files: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """One run here, as a stream of two items: ``{"actions": ...}`` once the cooldown and the
+    page-cache action are done (the driver notes the attempt as started), then
+    ``{"outcome": ...}``, or ``{"error": ..., "host": ...}`` when memgap refused to start
+    the run (a missing privilege, tool or file: nothing was created)."""
+    yield {"actions": prepare_node(cooldown=cooldown, page_cache=page_cache, files=files)}
     try:
         run_spec = RunSpec.from_dict(dict(spec))
         engine = make_engine(run_spec.engine)
         environment = make_environment(run_spec.environment)
         outcome = perform_run(run_spec, engine=engine, environment=environment)
     except MemgapError as e:
-        return {"error": str(e), "host": host_of_node(host)}
+        yield {"error": str(e), "host": host_of_node(host)}
+        return
     outcome.record["host"] = {**(outcome.record.get("host") or {}), "name": host, "ray": node_identity()}
-    return {"outcome": outcome_to_dict(outcome)}
+    yield {"outcome": outcome_to_dict(outcome)}

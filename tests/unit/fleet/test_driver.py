@@ -36,6 +36,20 @@ class _Ref:
     node: str
     value: Any = None
     error: BaseException | None = None
+    last: bool = True  # the task's last item: its node is free once it is read
+
+
+@dataclass(eq=False)
+class _Stream:
+    """A streaming task: its items, handed out one by one (Ray's ObjectRefGenerator)."""
+
+    node: str
+    items: list[_Ref]
+
+    def __next__(self) -> _Ref:
+        if not self.items:
+            raise StopIteration
+        return self.items.pop(0)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class FakeRay:
         return self.table
 
     def remote(self, **opts: Any) -> Callable[[Callable[..., Any]], Any]:
+        opts.pop("num_returns", None)
         assert opts == {"num_cpus": 0, "resources": {"memgap_slot": 1}, "max_retries": 0}
         ray = self
 
@@ -64,15 +79,21 @@ class FakeRay:
                 assert scheduling_strategy.soft is False
                 return Remote(self.fn, scheduling_strategy.node_id)
 
-            def remote(self, *args: Any, **kw: Any) -> _Ref:
+            def remote(self, *args: Any, **kw: Any) -> _Ref | _Stream:
                 assert self.node is not None
                 return ray.call(self.fn.__name__, self.node, args, kw)
 
         return Remote
 
-    def call(self, name: str, node: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Ref:
+    def call(self, name: str, node: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Ref | _Stream:
         assert node not in self.in_flight, f"{name} sent to {node} while another task runs there"
         self.calls.append((name, node))
+        if name == "run_on_node":  # a stream: the actions before the run, then the run
+            actions = _Ref(node, {"actions": {"page_cache": {"policy": kw["page_cache"]},
+                                              **({"cooldown": {"waited_s": 0.0}} if kw["cooldown"] is not None else {})}},
+                           last=False)
+            self.in_flight[node] = actions
+            return _Stream(node, [actions, self.answer(name, node, args, kw)])
         ref = self.in_flight[node] = self.answer(name, node, args, kw)
         return ref
 
@@ -82,9 +103,6 @@ class FakeRay:
                                                                   "model_path": "/m.gguf", "model_sha256": DIGEST})
                      for k, s in args[0].items()}
             return _Ref(node, {"host": {"hostname": "vm"}, "ray": {"node_id": node}, "cells": cells})
-        if name == "prepare_node":
-            return _Ref(node, {"page_cache": {"policy": kw["page_cache"]},
-                               **({"cooldown": {"waited_s": 0.0}} if kw["cooldown"] is not None else {})})
         assert name == "run_on_node"
         self.runs_on[node] = self.runs_on.get(node, 0) + 1
         if (node, self.runs_on[node]) in self.lose:
@@ -96,12 +114,15 @@ class FakeRay:
         return _Ref(node, {"outcome": {"record": rec, "engine_log": "log", "requests": [], "series": None,
                                  "interrupted": False}})
 
-    def wait(self, refs: list[_Ref], num_returns: int, timeout: float) -> tuple[list[_Ref], list[_Ref]]:
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
         return refs[:1], refs[1:]
 
     def get(self, ref: _Ref, timeout: float | None = None) -> Any:
-        if self.in_flight.get(ref.node) is ref:
-            del self.in_flight[ref.node]
+        if ref.node in self.in_flight:
+            if ref.last or ref.error is not None:
+                del self.in_flight[ref.node]
+            else:  # the stream's next item holds the node now
+                self.in_flight[ref.node] = ref
         if ref.error is not None:
             raise ref.error
         return ref.value
