@@ -104,7 +104,8 @@ def reserve_rule_effects(mi: MemInfo, r: KernelReserve, weights_bytes: int, frac
         req = int(a.inputs["requested_bytes"])
         if a.kv_budget_bytes is None and b.kv_budget_bytes is not None:
             out.append(f"vllm at {f:g}: its start-up check fails only because of the reserve (MemAvailable "
-                       f"{gib(mi.available_bytes)} < {gib(req)} requested, while MemFree is {gib(mi.free_bytes)}).")
+                       f"{gib(mi.available_bytes)} < {gib(req)} requested; without the reserve it would read "
+                       f"{gib((mi.available_bytes or 0) + e.taken_bytes)}).")
         else:
             room = (mi.available_bytes or 0) - req
             out.append(f"vllm at {f:g}: the reserve takes {gib(e.taken_bytes)} from its start-up check's margin "
