@@ -4,8 +4,9 @@ Two measurements, each printed beside its local baseline (the same call made in 
 process, as ``memgap run study.toml`` without ``--ray`` makes it):
 
 1. **dispatch**: a task with the fleet's options (``memgap_slot``, pinned to a node,
-   ``num_cpus=0``, ``max_retries=0``) that returns a small outcome (a run record, no
-   series): the time from ``.remote()`` to the outcome in the driver.
+   ``num_cpus=0``, ``max_retries=0``, streaming its two items as ``run_on_node`` does: the
+   actions before the run, then the outcome) whose outcome is small (a run record, no
+   series): the time from ``.remote()`` to both items in the driver.
 2. **a 10-minute run at 100 Hz**: the task returns an outcome of the real shape (a run
    record, 8 requests, and a memory series of 60,000 samples over every column of
    ``memgap.series.COLUMNS``, the sparse ones filled at 10 Hz as the sampler's full rate
@@ -35,7 +36,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from memgap.fleet.faults import failed_record
@@ -86,16 +87,21 @@ def small_outcome() -> dict[str, Any]:
 _BUILT: dict[str, dict[str, Any]] = {}  # per process (the driver, each Ray worker)
 
 
-def small_task() -> dict[str, Any]:
+ACTIONS = {"actions": {"page_cache": {"policy": "keep"}}}
+
+
+def small_task() -> Iterator[dict[str, Any]]:
     if "small" not in _BUILT:
         _BUILT["small"] = small_outcome()
-    return _BUILT["small"]
+    yield ACTIONS
+    yield _BUILT["small"]
 
 
-def big_task() -> dict[str, Any]:
+def big_task() -> Iterator[dict[str, Any]]:
     if "big" not in _BUILT:
         _BUILT["big"] = synthetic_outcome()
-    return _BUILT["big"]
+    yield ACTIONS
+    yield _BUILT["big"]
 
 
 def _timed(fn: Callable[[], Any], runs: int) -> list[float]:
@@ -138,19 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
         (node,) = memgap_nodes(ray.nodes())
-        opts = {"num_cpus": 0, "resources": {SLOT_RESOURCE: 1}, "max_retries": 0,
+        opts = {"num_cpus": 0, "resources": {SLOT_RESOURCE: 1}, "max_retries": 0, "num_returns": "streaming",
                 "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False)}
         small = ray.remote(**opts)(small_task)
         big = ray.remote(**opts)(big_task)
-        ray.get(small.remote())  # a worker started on the node, the functions exported
-        ray.get(big.remote())  # and the outcomes built there once
-        small_task()
-        big_task()
+        def both(task: Any) -> list[Any]:
+            return [ray.get(ref) for ref in task]
 
-        d_local = _timed(small_task, args.dispatch_runs)
-        d_ray = _timed(lambda: ray.get(small.remote()), args.dispatch_runs)
-        s_local = _timed(big_task, args.series_runs)
-        s_ray = _timed(lambda: ray.get(big.remote()), args.series_runs)
+        both(small.remote())  # a worker started on the node, the functions exported
+        both(big.remote())  # and the outcomes built there once
+        list(small_task())
+        list(big_task())
+
+        d_local = _timed(lambda: list(small_task()), args.dispatch_runs)
+        d_ray = _timed(lambda: both(small.remote()), args.dispatch_runs)
+        s_local = _timed(lambda: list(big_task()), args.series_runs)
+        s_ray = _timed(lambda: both(big.remote()), args.series_runs)
 
         ctx = ray._private.worker.global_worker.get_serialization_context()
         wire_small = ctx.serialize(small_outcome()).total_bytes
