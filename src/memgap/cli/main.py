@@ -82,6 +82,10 @@ COMMANDS: dict[str, CommandEntry] = {
         "Sweep load (concurrency or rate) at one or more KV budgets: one stored run per "
         "point,\nthroughput, goodput, latency and the engine's own queue, and where the "
         "curves part."),
+    "capacity": CommandEntry(
+        "memgap.cli.capacity",
+        "Search the highest load meeting an SLO per environment and KV budget, with an "
+        "interval,\nbeside plan's predicted concurrency; every point a stored run, resumable."),
 }
 
 
