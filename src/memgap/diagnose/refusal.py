@@ -23,6 +23,7 @@ from memgap.diagnose.base import HELD_BY_ENGINE, HELD_BY_PROCESSES, Diagnosis, g
 from memgap.diagnose.holders import ENGINE_NAMES, Holder
 
 MAX_NAMED = 4
+NAMED_FLOOR_BYTES = 128 << 20  # smaller holders are counted together, not named
 
 
 def _get(report: Mapping[str, Any], key: str) -> Any:
@@ -60,7 +61,7 @@ def _compared(report: Mapping[str, Any]) -> dict[str, Any] | None:
 def _listing(holders: Sequence[Holder], *, gpu: bool) -> tuple[str, int]:
     amount = [(h.gpu_bytes if gpu else h.held_bytes) or 0 for h in holders]
     total = sum(amount)
-    named = [h for h, a in zip(holders, amount, strict=True) if a > 0][:MAX_NAMED]
+    named = [h for h, a in zip(holders, amount, strict=True) if a >= NAMED_FLOOR_BYTES][:MAX_NAMED]
     rest = [a for h, a in zip(holders, amount, strict=True) if a > 0 and h not in named]
     text = ", ".join(h.describe(gpu=gpu) for h in named)
     if rest:
@@ -93,7 +94,8 @@ def refusal_cause(report: Mapping[str, Any], holders: Sequence[Holder], *, engin
     text, held = _listing(listed, gpu=gpu)
     numbers["held_bytes"] = held
     numbers["holders"] = [h.to_dict() for h in listed[:MAX_NAMED]]
-    engines = [h for h in listed[:MAX_NAMED] if h.engine is not None and ((h.gpu_bytes if gpu else h.held_bytes) or 0)]
+    engines = [h for h in listed[:MAX_NAMED]
+               if h.engine is not None and ((h.gpu_bytes if gpu else h.held_bytes) or 0) >= NAMED_FLOOR_BYTES]
     if not text:
         tail = " No other process held memory worth naming when memgap looked."
     elif gpu:

@@ -81,11 +81,14 @@ class ShmSetup:
 def container_shm(env_info: Mapping[str, Any]) -> ShmSetup | None:
     """The container's /dev/shm size from the flags memgap passed (environment_info);
     None when the run was not in a container."""
-    tool = env_info.get("tool") or env_info.get("name")
+    # The runner calls before the environment's description joins the record: then the
+    # container's own facts (tool, run command) are what there is.
+    container = env_info.get("container") or {}
+    tool = env_info.get("tool") or container.get("tool") or env_info.get("name")
     if tool not in CONTAINER_TOOLS:
         return None
     flags = [str(f) for f in env_info.get("flags") or ()]
-    run_cmd = (env_info.get("container") or {}).get("run_command") or ()
+    run_cmd = container.get("run_command") or ()
     flags += [str(f) for f in run_cmd]
     shm = ipc = None
     for i, f in enumerate(flags):

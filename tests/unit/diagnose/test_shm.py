@@ -57,5 +57,9 @@ def test_the_shm_set_up_follows_the_flags() -> None:
     assert container_shm({"tool": "docker", "flags": [], "container": {"run_command": ["docker", "run",
                                                                                        "--shm-size=8g"]}}) \
         == ShmSetup(8 << 30, "--shm-size=8g")
+    # what the runner has when it calls: the container's own facts, before describe() joins them
+    at_run = {"container": {"tool": "docker", "run_command": ["docker", "run", "-d", "--shm-size=64m", "img"]},
+              "oom_killed": False}
+    assert container_shm(at_run) == ShmSetup(64 << 20, "--shm-size=64m")
     assert shm_use({"process_shmem_bytes": [None, 0, 167772160, 100], "cgroup_shmem_bytes": [None, None]}) == {
         "engine_rss_shmem_peak_bytes": 167772160, "cgroup_shmem_peak_bytes": None}
