@@ -48,14 +48,14 @@ class NativeLoop:
         self.cg_first: tuple[str, ...] = ()
         self.cg_fallback: tuple[str, ...] = ()
         if cgroup is not None:
-            usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
+            f = cgroup.files
             self.cg_first, self.cg_fallback = CG_STAT_KEYS[cgroup.version]
-            sources.append((str(cgroup.path / usage), mod.SINGLE, (), True, True))
-            sources.append((str(cgroup.path / "memory.stat"), mod.KV, self.cg_first + self.cg_fallback, True, False))
-            if cgroup.version == 1:
-                sources.append((str(cgroup.path / "memory.kmem.usage_in_bytes"), mod.SINGLE, (), True, False))
+            sources.append((str(cgroup.path / f.usage), mod.SINGLE, (), True, True))
+            sources.append((str(cgroup.path / f.stat), mod.KV, self.cg_first + self.cg_fallback, True, False))
+            if f.kmem is not None:
+                sources.append((str(cgroup.path / f.kmem), mod.SINGLE, (), True, False))
         self.has_cgroup = cgroup is not None
-        self.has_kmem = cgroup is not None and cgroup.version == 1
+        self.has_kmem = cgroup is not None and cgroup.files.kmem is not None
         full_every = max(1, round(rate_hz / full_rate_hz)) if full_rate_hz > 0 else 1
         self.fs = mod.FastSampler(rate_hz, sources, mod.KB, STATUS_KEYS,
                                   tuple(mod.MAX if k == "VmHWM:" else mod.SUM for k in STATUS_KEYS),

@@ -21,13 +21,13 @@ from typing import Any, Protocol, cast
 
 import httpx
 
+from memgap.collect.cgroup import cgroup_counters
 from memgap.diagnose.run import after_run
 from memgap.engines.attached import given_model
 from memgap.engines.base import REPORT_MARKER, Engine, EngineCommand, ModelFile, SelfDrivenEngine
 from memgap.engines.registry import engine_for_run
 from memgap.envs import LaunchSpec, RunningEngine, make_environment
 from memgap.envs.base import Environment
-from memgap.envs.base import cgroup_counters as _cgroup_final
 from memgap.errors import EngineNotFound
 from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
@@ -284,12 +284,12 @@ def perform_run(
                 # too, and keep the earlier reading where the later one finds it gone.
                 sampler.read_kernel_peaks()
                 kernel_peak = sampler.series.kernel_cgroup_peak_bytes
-                before_stop = _cgroup_final(running)
+                before_stop = cgroup_counters(running.cgroup)
                 exit_status = running.stop(config.timeouts.stop_s)
                 sampler.read_kernel_peaks()
                 if sampler.series.kernel_cgroup_peak_bytes is None:
                     sampler.series.kernel_cgroup_peak_bytes = kernel_peak
-                cgroup_final = _cgroup_final(running) or before_stop
+                cgroup_final = cgroup_counters(running.cgroup) or before_stop
                 with contextlib.suppress(Exception):
                     env_run_info = dict(running.extra_info())
                 if cgroup_final is None and env_run_info.get("cgroup_last_reading"):

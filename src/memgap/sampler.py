@@ -24,17 +24,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from memgap.collect.cgroup import CgroupRef, parse_memory_stat
+from memgap.collect.cgroup import CgroupRef, parse_memory_stat, read_cgroup_peak_bytes
 from memgap.collect.engine_metrics import engine_metrics
+from memgap.collect.errors import CollectorParseError
 from memgap.collect.fastread import FileReader
-from memgap.collect.keyed import (
-    CG_STAT_KEYS,
-    MEMINFO_KEYS,
-    STATUS_KEYS,
-    lookup,
-    stat_get,
-    v2_kernel,
-)
+from memgap.collect.keyed import CG_STAT_KEYS, MEMINFO_KEYS, STATUS_KEYS, lookup
 from memgap.collect.meminfo import parse_meminfo
 from memgap.collect.nvml import NvmlProcessMemory
 from memgap.collect.process import ProcessKey, process_key, process_tree, read_smaps_rollup
@@ -104,11 +98,11 @@ class Sampler:
         self._cg_stat: FileReader | None = None
         self._cg_kmem: FileReader | None = None
         if cgroup is not None:
-            usage = "memory.usage_in_bytes" if cgroup.version == 1 else "memory.current"
-            self._cg_usage = FileReader(cgroup.path / usage)
-            self._cg_stat = FileReader(cgroup.path / "memory.stat")
-            if cgroup.version == 1:
-                self._cg_kmem = FileReader(cgroup.path / "memory.kmem.usage_in_bytes")
+            f = cgroup.files
+            self._cg_usage = FileReader(cgroup.path / f.usage)
+            self._cg_stat = FileReader(cgroup.path / f.stat)
+            if f.kmem is not None:
+                self._cg_kmem = FileReader(cgroup.path / f.kmem)
         self._hwm_max: int | None = None
         self._native: NativeLoop | None = None
         want = self.config.native
@@ -153,11 +147,10 @@ class Sampler:
         """Read the cgroup's own watermark; call before the cgroup is removed."""
         if self.cgroup is None:
             return
-        name = "memory.max_usage_in_bytes" if self.cgroup.version == 1 else "memory.peak"
         try:
-            self.series.kernel_cgroup_peak_bytes = int((self.cgroup.path / name).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            # memory.peak exists from Linux 5.19 on; older v2 kernels have no watermark.
+            # None where the kernel keeps no watermark (v2 before Linux 5.19).
+            self.series.kernel_cgroup_peak_bytes = read_cgroup_peak_bytes(self.cgroup)
+        except CollectorParseError:
             self.series.kernel_cgroup_peak_bytes = None
 
     def stop(self) -> MemorySeries:
@@ -277,12 +270,12 @@ class Sampler:
             stat.update(lookup(stat_text, fallback, kb=False))
         if not stat:
             try:
-                stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / "memory.stat"))
+                stat = parse_memory_stat(stat_text, source=str(self.cgroup.path / self.cgroup.files.stat))
             except Exception as e:  # noqa: BLE001
                 self._note(f"cgroup: {e}")
                 return
         kmem: int | None = None
-        if self.cgroup.version == 1 and self._cg_kmem is not None:
+        if self._cg_kmem is not None:
             kmem_text = self._cg_kmem.read_text()
             if kmem_text is not None and kmem_text.strip().isdigit():
                 kmem = int(kmem_text)
@@ -290,14 +283,14 @@ class Sampler:
 
     def _fill_cgroup_stat(self, row: dict[str, Any], stat: Mapping[str, int], kmem: int | None) -> None:
         assert self.cgroup is not None
-        v = self.cgroup.version
+        f = self.cgroup.files
         # v1: total_* are hierarchical (include children); the run's cgroup has none, but
         # prefer them so a nested layout (docker --cgroup-parent) reads the same.
-        row["cgroup_anon_bytes"] = stat_get(stat, v, "anon", ("total_rss", "rss"))
-        row["cgroup_file_bytes"] = stat_get(stat, v, "file", ("total_cache", "cache"))
-        row["cgroup_shmem_bytes"] = stat_get(stat, v, "shmem", ("total_shmem", "shmem"))
-        row["cgroup_file_mapped_bytes"] = stat_get(stat, v, "file_mapped", ("total_mapped_file", "mapped_file"))
-        row["cgroup_kmem_bytes"] = v2_kernel(stat) if v == 2 else kmem
+        row["cgroup_anon_bytes"] = f.stat_value(stat, f.anon)
+        row["cgroup_file_bytes"] = f.stat_value(stat, f.file)
+        row["cgroup_shmem_bytes"] = f.stat_value(stat, f.shmem)
+        row["cgroup_file_mapped_bytes"] = f.stat_value(stat, f.file_mapped)
+        row["cgroup_kmem_bytes"] = kmem if f.kmem is not None else f.stat_kernel(stat)
 
     def _refresh_tree(self, t: float) -> None:
         if t - self._tree_at >= self.config.tree_refresh_s:  # also when empty: a gone tree is not re-walked every tick

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memgap.collect.cgroup import cgroup_counters
 from memgap.engines.base import EngineStep
 from memgap.envs import LaunchSpec, RunningEngine
-from memgap.envs.base import Environment, cgroup_counters
+from memgap.envs.base import Environment
 from memgap.sampler import Sampler
 from memgap.series import MemorySeries
 from memgap.spec import RunSpec
@@ -110,14 +111,14 @@ def run_steps(
                     if sampler is not None:
                         sampler.mark("end")
                         sampler.read_kernel_peaks()
-                        before_stop = cgroup_counters(running)
+                        before_stop = cgroup_counters(running.cgroup)
                 except KeyboardInterrupt:
                     out.interrupted = True
-                    before_stop = cgroup_counters(running)
+                    before_stop = cgroup_counters(running.cgroup)
                 result.exit_status = running.stop(spec.timeouts.stop_s)
                 result.duration_s = time.monotonic() - t0
                 if sampler is not None:
-                    out.cgroup_final = cgroup_counters(running) or before_stop
+                    out.cgroup_final = cgroup_counters(running.cgroup) or before_stop
                     out.env_run_info = dict(running.extra_info())
                     out.series = sampler.stop()
                     sampler = None

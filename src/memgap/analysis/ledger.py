@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from memgap.collect.cgroup import MEMORY_FILES
 from memgap.diagnose.gpu_source import gpu_memory_source
 from memgap.memory import memory_summary
 from memgap.series import MemorySeries
@@ -225,16 +226,18 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
             value = 0
         cat[key] = (value, source)
 
-    stat = {1: ("rss", "cache", "mapped_file", "shmem", "memory.kmem.usage_in_bytes", "memory.usage_in_bytes"),
-            2: ("anon", "file", "file_mapped", "shmem", "memory.stat kernel", "memory.current")}[cgv or 2]
+    # Sources in the cgroup version's own names (v1's subtree total_* keys are read where
+    # present; a source names the key as the kernel documents it).
+    names = MEMORY_FILES[cgv or 2]
+    kernel_source = names.kmem or f"{names.stat} {names.kernel}"
     if has_cg:
         usage = _g(row, "cgroup_usage_bytes")
         anon, file_ = _g(row, "cgroup_anon_bytes"), _g(row, "cgroup_file_bytes")
         mapped, shm = _g(row, "cgroup_file_mapped_bytes"), _g(row, "cgroup_shmem_bytes")
         kmem = _g(row, "cgroup_kmem_bytes")
-        run_total, run_source = usage, f"cgroup {stat[5]}"
+        run_total, run_source = usage, f"cgroup {names.usage}"
         run_charge, run_file = usage, file_
-        anon_src = f"cgroup memory.stat {stat[0]}"
+        anon_src = f"cgroup {names.stat} {names.anon}"
     else:
         usage = _g(row, "process_rss_bytes")
         anon, shm = _g(row, "process_anon_bytes"), _g(row, "process_shmem_bytes")
@@ -277,11 +280,11 @@ def ledger_at(record: Mapping[str, Any], row: Mapping[str, Any] | None, *, at: s
     if has_cg:
         pc = None if file_ is None or shm is None else file_ - shm
         pcm = None if pc is None or mapped is None else min(mapped, pc)
-        put("page_cache_mapped", pcm, f"cgroup memory.stat {stat[2]} (bounded by {stat[1]} - shmem)")
+        put("page_cache_mapped", pcm, f"cgroup {names.stat} {names.file_mapped} (bounded by {names.file} - shmem)")
         put("page_cache_unmapped", None if pc is None or pcm is None else pc - pcm,
-            f"cgroup memory.stat {stat[1]} - shmem - mapped")
-        put("shmem", shm, f"cgroup memory.stat {stat[3]}")
-        put("kernel", kmem, f"cgroup {stat[4]}" if kmem is not None else NOT_MEASURED)
+            f"cgroup {names.stat} {names.file} - shmem - mapped")
+        put("shmem", shm, f"cgroup {names.stat} {names.shmem}")
+        put("kernel", kmem, f"cgroup {kernel_source}" if kmem is not None else NOT_MEASURED)
         proc_file = _g(row, "process_file_bytes")
         proc_shm = _g(row, "process_shmem_bytes")
         elsewhere = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from memgap.collect._text import parse_int, read_optional
 from memgap.collect.errors import CollectorParseError
@@ -21,7 +21,75 @@ from memgap.collect.errors import CollectorParseError
 # v1 has no "unlimited" token: it prints LONG_MAX rounded down to a page
 # (9223372036854771712 with 4 KiB pages, other values with 16/64 KiB pages). Anything
 # at or above 2**62 bytes is no limit any real machine has.
-_V1_UNLIMITED_BYTES = 2**62
+V1_UNLIMITED_BYTES = 2**62
+
+
+@dataclass(frozen=True)
+class MemoryFiles:
+    """One cgroup version's names for the memory controller: its files, and the keys of
+    its memory.stat. Every module that reads or writes a memory cgroup takes the names
+    from here (``CgroupRef.files``); None where the version has no such file or key."""
+
+    usage: str
+    peak: str  # v2 memory.peak exists from Linux 5.19 on
+    limit: str
+    oom: str  # v2 memory.events; v1 memory.oom_control (oom_kill since 4.13, under_oom)
+    high: str | None
+    swap_usage: str | None  # v1: the memory.stat key ``swap`` (with memsw accounting)
+    swap_limit: str | None
+    failcnt: str | None  # v2: memory.events "max" instead
+    kmem: str | None  # v2: the memory.stat key ``kernel`` instead
+    force_empty: str | None
+    # memory.stat keys (both versions count tmpfs/shmem inside ``file``)
+    anon: str
+    file: str
+    shmem: str
+    file_mapped: str
+    active_file: str
+    inactive_file: str
+    swap: str | None
+    kernel: str | None  # Linux 5.18+
+    kernel_parts: tuple[str, ...]  # what ``kernel`` sums, for older v2 kernels
+    # v1's total_* keys count the whole subtree (use_hierarchy, always on since 5.x); the
+    # plain keys only the cgroup's own pages, which misses children a runtime creates.
+    subtree_prefix: str
+    stat: str = "memory.stat"
+
+    def stat_value(self, stat: Mapping[str, int], key: str) -> int | None:
+        """A memory.stat value by its plain key, the subtree's where the version has one."""
+        if self.subtree_prefix:
+            return stat.get(self.subtree_prefix + key, stat.get(key))
+        return stat.get(key)
+
+    def stat_kernel(self, stat: Mapping[str, int]) -> int | None:
+        """v2 ``kernel``, or the sum of its parts on kernels before 5.18; None for v1,
+        whose kernel memory is a file of its own (``kmem``)."""
+        if self.kernel is None:
+            return None
+        if self.kernel in stat:
+            return stat[self.kernel]
+        parts = [stat[k] for k in self.kernel_parts if k in stat]
+        return sum(parts) if parts else None
+
+
+MEMORY_FILES: dict[int, MemoryFiles] = {
+    1: MemoryFiles(
+        usage="memory.usage_in_bytes", peak="memory.max_usage_in_bytes", limit="memory.limit_in_bytes",
+        oom="memory.oom_control", high=None, swap_usage=None, swap_limit=None, failcnt="memory.failcnt",
+        kmem="memory.kmem.usage_in_bytes", force_empty="memory.force_empty",
+        anon="rss", file="cache", shmem="shmem", file_mapped="mapped_file", active_file="active_file",
+        inactive_file="inactive_file", swap="swap", kernel=None, kernel_parts=(), subtree_prefix="total_",
+    ),
+    2: MemoryFiles(
+        usage="memory.current", peak="memory.peak", limit="memory.max", oom="memory.events",
+        high="memory.high", swap_usage="memory.swap.current", swap_limit="memory.swap.max", failcnt=None,
+        kmem=None, force_empty=None,
+        anon="anon", file="file", shmem="shmem", file_mapped="file_mapped", active_file="active_file",
+        inactive_file="inactive_file", swap=None, kernel="kernel",
+        kernel_parts=("kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock", "vmalloc", "slab"),
+        subtree_prefix="",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +97,10 @@ class CgroupRef:
     version: Literal[1, 2]
     path: Path  # the cgroup's directory, e.g. /sys/fs/cgroup/memory/process_api/abc
     relpath: str  # the path as /proc/PID/cgroup shows it, e.g. "/process_api/abc"
+
+    @property
+    def files(self) -> MemoryFiles:
+        return MEMORY_FILES[self.version]
 
 
 @dataclass(frozen=True)
@@ -311,7 +383,7 @@ class CgroupMemory:
 
 
 def _v1_limit(value: int | None) -> int | None:
-    return None if value is None or value >= _V1_UNLIMITED_BYTES else value
+    return None if value is None or value >= V1_UNLIMITED_BYTES else value
 
 
 def _read_number(ref: CgroupRef, name: str) -> int | None:
@@ -327,56 +399,53 @@ def _read_keyed(ref: CgroupRef, name: str) -> dict[str, int] | None:
 
 def read_cgroup_memory(ref: CgroupRef) -> CgroupMemory:
     """Everything charged to the cgroup; files that are absent give None fields."""
-    stat = _read_keyed(ref, "memory.stat") or {}
+    f = ref.files
+    stat = _read_keyed(ref, f.stat) or {}
+    oom = _read_keyed(ref, f.oom) or {}
     if ref.version == 2:
-        events = _read_keyed(ref, "memory.events") or {}
+        assert f.high is not None and f.swap_usage is not None
         return CgroupMemory(
             version=2,
-            usage_bytes=_read_number(ref, "memory.current"),
-            peak_bytes=_read_number(ref, "memory.peak"),
-            limit_bytes=_read_number(ref, "memory.max"),
-            high_bytes=_read_number(ref, "memory.high"),
-            swap_bytes=_read_number(ref, "memory.swap.current"),
-            failcnt=events.get("max"),
-            oom_events=events.get("oom"),
-            oom_kill_count=events.get("oom_kill"),
+            usage_bytes=_read_number(ref, f.usage),
+            peak_bytes=_read_number(ref, f.peak),
+            limit_bytes=_read_number(ref, f.limit),
+            high_bytes=_read_number(ref, f.high),
+            swap_bytes=_read_number(ref, f.swap_usage),
+            failcnt=oom.get("max"),
+            oom_events=oom.get("oom"),
+            oom_kill_count=oom.get("oom_kill"),
             under_oom=None,
-            anon_bytes=stat.get("anon"),
-            file_bytes=stat.get("file"),
-            shmem_bytes=stat.get("shmem"),
-            file_mapped_bytes=stat.get("file_mapped"),
-            kernel_bytes=stat.get("kernel"),
-            active_file_bytes=stat.get("active_file"),
-            inactive_file_bytes=stat.get("inactive_file"),
+            anon_bytes=stat.get(f.anon),
+            file_bytes=stat.get(f.file),
+            shmem_bytes=stat.get(f.shmem),
+            file_mapped_bytes=stat.get(f.file_mapped),
+            kernel_bytes=stat.get(f.kernel) if f.kernel else None,
+            active_file_bytes=stat.get(f.active_file),
+            inactive_file_bytes=stat.get(f.inactive_file),
             stat=stat,
-            events=events,
+            events=oom,
         )
 
-    def v1(key: str) -> int | None:
-        # total_* count the whole subtree (use_hierarchy, always on since 5.x); the plain
-        # keys only this cgroup's own pages, which misses children a runtime creates.
-        return stat.get("total_" + key, stat.get(key))
-
-    oom = _read_keyed(ref, "memory.oom_control") or {}
+    assert f.failcnt is not None and f.kmem is not None and f.swap is not None
     under_oom = oom.get("under_oom")
     return CgroupMemory(
         version=1,
-        usage_bytes=_read_number(ref, "memory.usage_in_bytes"),
-        peak_bytes=_read_number(ref, "memory.max_usage_in_bytes"),
-        limit_bytes=_v1_limit(_read_number(ref, "memory.limit_in_bytes")),
+        usage_bytes=_read_number(ref, f.usage),
+        peak_bytes=_read_number(ref, f.peak),
+        limit_bytes=_v1_limit(_read_number(ref, f.limit)),
         high_bytes=None,
-        swap_bytes=v1("swap"),  # present only with swap accounting (memsw) enabled
-        failcnt=_read_number(ref, "memory.failcnt"),
+        swap_bytes=f.stat_value(stat, f.swap),  # present only with swap accounting (memsw) enabled
+        failcnt=_read_number(ref, f.failcnt),
         oom_events=None,
         oom_kill_count=oom.get("oom_kill"),
         under_oom=None if under_oom is None else under_oom != 0,
-        anon_bytes=v1("rss"),
-        file_bytes=v1("cache"),
-        shmem_bytes=v1("shmem"),
-        file_mapped_bytes=v1("mapped_file"),
-        kernel_bytes=_read_number(ref, "memory.kmem.usage_in_bytes"),
-        active_file_bytes=v1("active_file"),
-        inactive_file_bytes=v1("inactive_file"),
+        anon_bytes=f.stat_value(stat, f.anon),
+        file_bytes=f.stat_value(stat, f.file),
+        shmem_bytes=f.stat_value(stat, f.shmem),
+        file_mapped_bytes=f.stat_value(stat, f.file_mapped),
+        kernel_bytes=_read_number(ref, f.kmem),
+        active_file_bytes=f.stat_value(stat, f.active_file),
+        inactive_file_bytes=f.stat_value(stat, f.inactive_file),
         stat=stat,
         events={},
     )
@@ -384,11 +453,35 @@ def read_cgroup_memory(ref: CgroupRef) -> CgroupMemory:
 
 def read_cgroup_usage_bytes(ref: CgroupRef) -> int | None:
     """One small read, for high-rate sampling."""
-    return _read_number(ref, "memory.current" if ref.version == 2 else "memory.usage_in_bytes")
+    return _read_number(ref, ref.files.usage)
 
 
 def read_cgroup_peak_bytes(ref: CgroupRef) -> int | None:
-    return _read_number(ref, "memory.peak" if ref.version == 2 else "memory.max_usage_in_bytes")
+    return _read_number(ref, ref.files.peak)
+
+
+def cgroup_counters(ref: CgroupRef | None) -> dict[str, Any] | None:
+    """The counters a run's end and a failed run's evidence need (usage, watermark, limit,
+    OOM counters); None when there is no cgroup, or it is gone or half removed (a
+    container's goes with it, so callers keep an earlier reading)."""
+    if ref is None or not ref.path.is_dir():
+        return None
+    try:
+        cg = read_cgroup_memory(ref)
+    except Exception:  # noqa: BLE001 - a half-removed cgroup reads as garbage
+        return None
+    if cg.usage_bytes is None:
+        return None
+    return {
+        "usage_bytes": cg.usage_bytes,
+        "peak_bytes": cg.peak_bytes,
+        "limit_bytes": cg.limit_bytes,
+        "failcnt": cg.failcnt,
+        "oom_events": cg.oom_events,
+        "oom_kill_count": cg.oom_kill_count,
+        "under_oom": cg.under_oom,
+        "events": dict(cg.events),
+    }
 
 
 def cgroup_pids(ref: CgroupRef) -> list[int]:

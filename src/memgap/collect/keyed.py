@@ -5,7 +5,7 @@ the two against each other)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from memgap.collect.cgroup import MEMORY_FILES, MemoryFiles
 
 # The high-rate path looks up only the keys it needs with str.find (C speed) instead of
 # parsing every line in Python: at 100 Hz the full parsers alone cost ~2% of a core, a
@@ -14,13 +14,19 @@ from collections.abc import Mapping
 # file and line.
 MEMINFO_KEYS = ("MemTotal:", "MemFree:", "MemAvailable:", "Cached:", "Shmem:")
 STATUS_KEYS = ("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "VmHWM:")
-# v1's total_* are hierarchical; the plain keys are read only where total_* are missing.
-CG_STAT_KEYS = {
-    1: (("total_rss ", "total_cache ", "total_shmem ", "total_mapped_file "),
-        ("rss ", "cache ", "shmem ", "mapped_file ")),
-    2: (("anon ", "file ", "shmem ", "file_mapped ", "kernel "),
-        ("kernel_stack ", "pagetables ", "sec_pagetables ", "percpu ", "sock ", "vmalloc ", "slab ")),
-}
+
+
+def _cgroup_stat_keys(f: MemoryFiles) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """memory.stat keys read on the high-rate path, and those read where one is missing:
+    v1's subtree (total_*) keys, then the cgroup's own; v2's, then the parts of
+    ``kernel`` for kernels before 5.18. The order is the native loop's row layout."""
+    charged = (f.anon, f.file, f.shmem, f.file_mapped)
+    if f.subtree_prefix:
+        return tuple(f"{f.subtree_prefix}{k} " for k in charged), tuple(f"{k} " for k in charged)
+    return tuple(f"{k} " for k in (*charged, *([f.kernel] if f.kernel else []))), tuple(f"{k} " for k in f.kernel_parts)
+
+
+CG_STAT_KEYS = {version: _cgroup_stat_keys(f) for version, f in MEMORY_FILES.items()}
 
 
 def lookup(text: str, keys: tuple[str, ...], kb: bool) -> dict[str, int]:
@@ -47,23 +53,3 @@ def lookup(text: str, keys: tuple[str, ...], kb: bool) -> dict[str, int]:
         except ValueError:
             continue
     return out
-
-
-def stat_get(stat: Mapping[str, int], version: int, v2: str, v1: tuple[str, ...]) -> int | None:
-    if version == 2:
-        return stat.get(v2)
-    for k in v1:
-        if k in stat:
-            return stat[k]
-    return None
-
-
-V2_KERNEL_PARTS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock", "vmalloc", "slab")
-
-
-def v2_kernel(stat: Mapping[str, int]) -> int | None:
-    """v2 ``kernel`` (Linux 5.18+), or the sum of its parts on older kernels."""
-    if "kernel" in stat:
-        return stat["kernel"]
-    parts = [stat[k] for k in V2_KERNEL_PARTS if k in stat]
-    return sum(parts) if parts else None

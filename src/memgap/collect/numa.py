@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memgap.collect._text import kb_value, read_optional
+from memgap.collect.cgroup import MEMORY_FILES, V1_UNLIMITED_BYTES
 from memgap.collect.errors import CollectorParseError
 from memgap.collect.meminfo import read_meminfo
-
-# cgroup v1 writes "unlimited" as PAGE_COUNTER_MAX in bytes (9223372036854771712 with 4 KiB
-# pages); vLLM treats anything at or above 2**62 as no limit, and so do we.
-V1_UNLIMITED_AT = 1 << 62
 
 _LINE = re.compile(r"^Node\s+(\d+)\s+([^:\s]+):(.*)$")
 
@@ -124,11 +121,12 @@ def read_visible_limit(sys_root: Path = Path("/sys")) -> VisibleLimit:
     read with ``sys_root`` mounted at /sys: v2 first, then v1 (a v1 value at or above
     2**62 is no limit)."""
     cg = sys_root / "fs/cgroup"
-    v2 = _read_int(cg / "memory.max")
+    v1_names, v2_names = MEMORY_FILES[1], MEMORY_FILES[2]
+    v2 = _read_int(cg / v2_names.limit)
     if v2 is not None:
-        return VisibleLimit(v2, _read_int(cg / "memory.current"), str(cg / "memory.max"))
-    v1_path = cg / "memory/memory.limit_in_bytes"
+        return VisibleLimit(v2, _read_int(cg / v2_names.usage), str(cg / v2_names.limit))
+    v1_path = cg / "memory" / v1_names.limit
     v1 = _read_int(v1_path)
-    if v1 is not None and v1 < V1_UNLIMITED_AT:
-        return VisibleLimit(v1, _read_int(cg / "memory/memory.usage_in_bytes"), str(v1_path))
+    if v1 is not None and v1 < V1_UNLIMITED_BYTES:
+        return VisibleLimit(v1, _read_int(cg / "memory" / v1_names.usage), str(v1_path))
     return VisibleLimit(None, None, str(v1_path) if v1 is not None else None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from memgap.collect.cgroup import CgroupRef, read_cgroup_memory
+from memgap.collect.cgroup import CgroupRef
 from memgap.engines.base import EngineCommand
 
 
@@ -49,24 +49,6 @@ class RunningEngine(ABC):
         ``stop`` and before the launch context exits. A key ``oom_killed`` (bool) and
         ``cgroup_last_reading`` (dict) feed the failure description."""
         return {}
-
-
-def cgroup_counters(running: RunningEngine) -> dict[str, Any] | None:
-    """The engine's cgroup's OOM and limit counters, or None (no cgroup, or gone)."""
-    if running.cgroup is None or not running.cgroup.path.is_dir():
-        return None
-    try:
-        cg = read_cgroup_memory(running.cgroup)
-    except Exception:  # noqa: BLE001 - removed while being read
-        return None
-    return {
-        "oom_kill_count": cg.oom_kill_count,
-        "oom_events": cg.oom_events,
-        "failcnt": cg.failcnt,
-        "limit_bytes": cg.limit_bytes,
-        "peak_bytes": cg.peak_bytes,
-        "events": dict(cg.events),
-    }
 
 
 class Environment(ABC):

@@ -86,11 +86,11 @@ def create_child(parent: CgroupRef, name: str, memory_limit_bytes: int | None = 
     ref = CgroupRef(version=parent.version, path=path, relpath=parent.relpath.rstrip("/") + "/" + name)
     if memory_limit_bytes is not None:
         try:
-            limit_file = "memory.limit_in_bytes" if parent.version == 1 else "memory.max"
-            _write(path / limit_file, str(memory_limit_bytes))
-            if parent.version == 2 and (path / "memory.swap.max").exists():
+            _write(path / ref.files.limit, str(memory_limit_bytes))
+            swap_limit = ref.files.swap_limit
+            if swap_limit is not None and (path / swap_limit).exists():
                 # A memory limit that swap can absorb measures the disk, not the limit.
-                _write(path / "memory.swap.max", "0")
+                _write(path / swap_limit, "0")
         except OSError as e:
             remove(ref)
             raise EnvironmentUnavailable(f"sandbox: cannot set memory limit on {path}: {e.strerror}") from e
@@ -148,11 +148,12 @@ def remove(ref: CgroupRef, timeout_s: float = 10.0) -> None:
     while pids(ref) and time.monotonic() < deadline:
         kill_all(ref)
         time.sleep(0.05)
-    if ref.version == 1 and (ref.path / "memory.force_empty").exists():
+    force_empty = ref.files.force_empty
+    if force_empty is not None and (ref.path / force_empty).exists():
         # v1 keeps page cache charged to a cgroup after its processes exit; without
         # this, the next run would find the model warm in a cgroup that no longer exists.
         with contextlib.suppress(OSError):
-            _write(ref.path / "memory.force_empty", "0")
+            _write(ref.path / force_empty, "0")
     last: OSError | None = None
     while True:
         try:

@@ -18,13 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memgap.collect.cgroup import (
-    CgroupRef,
-    read_cgroup_memory,
-)
-from memgap.collect.cgroup import (
-    memory_cgroup_of as collect_memory_cgroup_of,
-)
+from memgap.collect.cgroup import CgroupRef, cgroup_counters
+from memgap.collect.cgroup import memory_cgroup_of as collect_memory_cgroup_of
 from memgap.collect.process import ProcessKey, parse_stat, process_key
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine, wait_until
 from memgap.envs.container import (
@@ -77,28 +72,6 @@ def owner_alive(label: str, proc_root: Path = Path("/proc")) -> bool:
     return key is not None and (not ticks_s.isdigit() or key.start_ticks == int(ticks_s))
 
 
-def cgroup_snapshot(ref: CgroupRef) -> dict[str, Any] | None:
-    """The counters a failed run needs as evidence; None when the cgroup is gone."""
-    if not ref.path.is_dir():
-        return None
-    try:
-        cg = read_cgroup_memory(ref)
-    except Exception:  # noqa: BLE001 - a half-removed cgroup reads as garbage
-        return None
-    if cg.usage_bytes is None:
-        return None
-    return {
-        "usage_bytes": cg.usage_bytes,
-        "peak_bytes": cg.peak_bytes,
-        "limit_bytes": cg.limit_bytes,
-        "failcnt": cg.failcnt,
-        "oom_events": cg.oom_events,
-        "oom_kill_count": cg.oom_kill_count,
-        "under_oom": cg.under_oom,
-        "events": dict(cg.events),
-    }
-
-
 # ------------------------------------------------------------------- watching from the host
 
 
@@ -134,7 +107,7 @@ class _Watcher:
     def read_cgroup_now(self) -> None:
         if self.cgroup is None:
             return
-        snap = cgroup_snapshot(self.cgroup)
+        snap = cgroup_counters(self.cgroup)
         if snap is not None:
             self.last_cgroup, self.last_cgroup_t = snap, time.monotonic() - self._t0
 

@@ -8,7 +8,9 @@ import pytest
 
 from conftest import FakeHost, fixture_text
 from memgap.collect.cgroup import (
+    MEMORY_FILES,
     CgroupRef,
+    cgroup_counters,
     cgroup_pids,
     memory_cgroup_of,
     parse_flat_keyed,
@@ -283,6 +285,50 @@ def test_removed_cgroup_reads_as_unknown_not_zero(tmp_path: Path):
     assert m.stat == {} and m.events == {}
     assert read_cgroup_usage_bytes(ref) is None
     assert cgroup_pids(ref) == []
+
+
+def test_counters_keep_a_containers_oom_evidence(host: FakeHost):
+    ref = _v1_ref(host)
+    (ref.path / "memory.usage_in_bytes").write_text("25587712\n")
+    (ref.path / "memory.max_usage_in_bytes").write_text("104857600\n")
+    (ref.path / "memory.limit_in_bytes").write_text("104857600\n")
+    (ref.path / "memory.failcnt").write_text("12\n")
+    (ref.path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    c = cgroup_counters(ref)
+    assert c == {"usage_bytes": 25587712, "peak_bytes": 104857600, "limit_bytes": 104857600, "failcnt": 12,
+                 "oom_events": None, "oom_kill_count": 1, "under_oom": False, "events": {}}
+
+
+def test_counters_v2_carry_memory_events(host: FakeHost):
+    ref = _v2_ref(host)
+    (ref.path / "memory.max").write_text("8589934592\n")
+    (ref.path / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 3\noom_kill 1\n")
+    c = cgroup_counters(ref)
+    assert c is not None
+    assert (c["usage_bytes"], c["peak_bytes"], c["limit_bytes"]) == (139350016, 339906560, 8589934592)
+    assert (c["failcnt"], c["oom_events"], c["oom_kill_count"], c["under_oom"]) == (12, 3, 1, None)
+    assert c["events"]["oom"] == 3
+
+
+def test_counters_of_no_gone_or_half_removed_cgroup_are_none(host: FakeHost, tmp_path: Path):
+    assert cgroup_counters(None) is None
+    assert cgroup_counters(CgroupRef(version=1, path=tmp_path / "gone", relpath="/x")) is None
+    ref = _v2_ref(host)
+    (ref.path / "memory.current").unlink()  # the files go before the folder does
+    assert cgroup_counters(ref) is None
+
+
+def test_memory_files_name_each_versions_files_and_keys():
+    v1, v2 = MEMORY_FILES[1], MEMORY_FILES[2]
+    assert (v1.usage, v1.peak, v1.limit, v1.oom) == (
+        "memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.limit_in_bytes", "memory.oom_control")
+    assert (v2.usage, v2.peak, v2.limit, v2.oom) == ("memory.current", "memory.peak", "memory.max", "memory.events")
+    stat1 = {"rss": 1, "total_rss": 5, "cache": 2, "mapped_file": 3}
+    assert (v1.stat_value(stat1, v1.anon), v1.stat_value(stat1, v1.file), v1.stat_value(stat1, v1.file_mapped)) == (5, 2, 3)
+    assert v1.stat_kernel(stat1) is None  # v1's kernel memory is memory.kmem.usage_in_bytes
+    assert v2.stat_kernel({"kernel": 7, "slab": 3}) == 7
+    assert v2.stat_kernel({"kernel_stack": 1, "pagetables": 2, "slab": 3}) == 6  # before Linux 5.18
+    assert v2.stat_kernel({"anon": 1}) is None
 
 
 def test_cgroup_pids(host: FakeHost):

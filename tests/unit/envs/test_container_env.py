@@ -15,7 +15,6 @@ from memgap.envs.base import LaunchSpec
 from memgap.envs.container import ContainerCli, ContainerOptions, ContainerStartFailed
 from memgap.envs.container_run import (
     ContainerEngine,
-    cgroup_snapshot,
     memory_cgroup_of,
     owner_alive,
 )
@@ -76,24 +75,6 @@ def test_owner_label_notices_pid_reuse(tmp_path: Path) -> None:
     assert not owner_alive("77:4999", proc)  # same PID, another process
     assert not owner_alive("78:5000", proc)
     assert not owner_alive("garbage", proc)
-
-
-def test_cgroup_snapshot_keeps_oom_evidence(tmp_path: Path) -> None:
-    from memgap.collect.cgroup import CgroupRef
-
-    d = tmp_path / "cg"
-    d.mkdir()
-    (d / "memory.usage_in_bytes").write_text("25587712\n")
-    (d / "memory.max_usage_in_bytes").write_text("104857600\n")
-    (d / "memory.limit_in_bytes").write_text("104857600\n")
-    (d / "memory.failcnt").write_text("12\n")
-    (d / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
-    (d / "memory.stat").write_text("cache 0\nrss 25000000\n")
-    snap = cgroup_snapshot(CgroupRef(version=1, path=d, relpath="/docker/x"))
-    assert snap is not None
-    assert snap["oom_kill_count"] == 1 and snap["failcnt"] == 12 and snap["limit_bytes"] == 104857600
-    assert snap["peak_bytes"] == 104857600 and snap["under_oom"] is False
-    assert cgroup_snapshot(CgroupRef(version=1, path=tmp_path / "gone", relpath="/x")) is None
 
 
 # ------------------------------------------------------------------- a stand-in CLI
