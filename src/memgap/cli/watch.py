@@ -19,13 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from memgap.collect._text import read_optional
-from memgap.collect.cgroup import (
-    CgroupRef,
-    memory_cgroup_of,
-    parse_mountinfo_cgroups,
-    parse_proc_cgroup,
-)
+from memgap.collect.cgroup import CgroupRef, existing_memory_cgroup_of, memory_cgroup_at
 from memgap.errors import EnvironmentUnavailable, UsageError
 from memgap.sampler import Sampler, SamplerConfig
 from memgap.series import COLUMNS, MemorySeries
@@ -68,26 +62,15 @@ def output_format(path: Path) -> str:
 
 
 def cgroup_from_path(text: str, proc_root: Path = Path("/proc")) -> CgroupRef:
-    """A cgroup directory (``/sys/fs/cgroup/...``) or a path as /proc/PID/cgroup shows it
-    (``/system.slice/x``), resolved against this process's memory cgroup mount."""
-    p = Path(text)
-    if not p.is_dir():
-        own = memory_cgroup_of("self", proc_root)
-        if own is None or not text.startswith("/"):
-            raise UsageError(f"--cgroup: {text} is not a cgroup directory")
-        mount = own.path
-        for _ in [x for x in own.relpath.split("/") if x]:
-            mount = mount.parent
-        p = mount / text.lstrip("/")
-        if not p.is_dir():
-            raise UsageError(f"--cgroup: neither {text} nor {p} is a cgroup directory")
-    if (p / "memory.usage_in_bytes").exists():
-        version = 1
-    elif (p / "memory.current").exists() or (p / "memory.stat").exists():
-        version = 2
-    else:
-        raise UsageError(f"--cgroup: {p} has no memory controller files (memory.usage_in_bytes or memory.current)")
-    return CgroupRef(version=version, path=p, relpath=text)  # type: ignore[arg-type]
+    """A memory cgroup's folder (``/sys/fs/cgroup/...``) or its path as /proc/PID/cgroup
+    shows it (``/system.slice/x``), resolved through this process's mounts."""
+    ref = memory_cgroup_at(text, proc_root)
+    if ref is not None:
+        return ref
+    if not text.startswith("/"):
+        raise UsageError(f"--cgroup: {text} is not a cgroup directory")
+    raise UsageError(f"--cgroup: {text} is not a memory cgroup here (give its folder, e.g. "
+                     "/sys/fs/cgroup/memory/docker/ID, or its path as /proc/PID/cgroup shows it)")
 
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
@@ -130,7 +113,7 @@ def resolve_target(pid: int | None, cgroup: str | None, container: str | None, r
     assert pid is not None
     if not (proc_root / str(pid)).is_dir():
         raise UsageError(f"--pid: no process {pid}")
-    own = cgroup_seen_from_here(pid, proc_root)
+    own = existing_memory_cgroup_of(pid, proc_root)
     where = f", memory cgroup {own.path} (v{own.version})" if own else ", no memory cgroup visible"
     return Target(pid, own, f"{desc}process {pid} and its children{where}")
 
@@ -141,39 +124,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def cgroup_seen_from_here(pid: int, proc_root: Path = Path("/proc")) -> CgroupRef | None:
-    """The memory cgroup of ``pid`` as a path in THIS mount namespace.
-
-    /proc/PID/cgroup prints paths relative to the reader's cgroup namespace, so it is
-    resolved against this process's mounts (/proc/self/mountinfo) -- not the target's:
-    a container's own mountinfo shows its cgroup at its mount's root."""
-    cg_text = read_optional(proc_root / str(pid) / "cgroup")
-    mi_text = read_optional(proc_root / "self" / "mountinfo")
-    if cg_text is None or mi_text is None:
-        return None
-    lines = parse_proc_cgroup(cg_text, str(proc_root / str(pid) / "cgroup"))
-    mounts = parse_mountinfo_cgroups(mi_text, str(proc_root / "self" / "mountinfo"))
-    v1 = next((ln for ln in lines if ln.hierarchy_id != 0 and "memory" in ln.controllers), None)
-    v2 = next((ln for ln in lines if ln.hierarchy_id == 0 and not ln.controllers), None)
-    for version, line in ((1, v1), (2, v2)):
-        if line is None:
-            continue
-        best: tuple[Path, int] | None = None
-        for m in mounts:
-            if m.version != version or (version == 1 and "memory" not in m.controllers):
-                continue
-            root = m.root.rstrip("/")
-            if root and line.path != root and not line.path.startswith(root + "/"):
-                continue  # a mount of another subtree
-            if best is None or len(root) > best[1]:
-                best = (m.mount_point / line.path[len(root):].lstrip("/"), len(root))
-        if best is not None and best[0].is_dir():
-            if version == 2 and not (best[0] / "memory.current").exists():
-                return None  # hybrid layout: memory is not on the v2 hierarchy
-            return CgroupRef(version=version, path=best[0], relpath=line.path)  # type: ignore[arg-type]
-    return None
 
 
 def series_rows(series: MemorySeries) -> list[dict[str, Any]]:

@@ -313,6 +313,13 @@ def memory_cgroup_of(pid: int | str = "self", proc_root: Path = Path("/proc")) -
     return CgroupRef(version=2, path=mount.mount_point / rel, relpath=v2_line.path)
 
 
+def existing_memory_cgroup_of(pid: int | str, proc_root: Path = Path("/proc")) -> CgroupRef | None:
+    """``memory_cgroup_of``, or None when the cgroup's folder does not exist here (the
+    process exited and its container's cgroup went with it, or it was removed)."""
+    ref = memory_cgroup_of(pid, proc_root)
+    return ref if ref is not None and ref.path.is_dir() else None
+
+
 def memory_cgroup_at(path: str | Path, proc_root: Path = Path("/proc")) -> CgroupRef | None:
     """A memory cgroup a user named: its folder (``/sys/fs/cgroup/memory/docker/ID``,
     ``/sys/fs/cgroup/system.slice/x.scope``) or its path as /proc/PID/cgroup prints it

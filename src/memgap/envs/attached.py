@@ -25,7 +25,13 @@ from typing import Any
 
 import httpx
 
-from memgap.collect.cgroup import CgroupRef, cgroup_pids, memory_cgroup_at, memory_cgroup_of
+from memgap.collect.cgroup import (
+    CgroupRef,
+    cgroup_pids,
+    existing_memory_cgroup_of,
+    memory_cgroup_at,
+    memory_cgroup_of,
+)
 from memgap.collect.process import ProcessKey, process_key, process_tree
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine
 from memgap.envs.container import ContainerCli, ContainerState
@@ -77,8 +83,8 @@ def _cgroup_facts(t: Target, proc_root: Path) -> None:
     """The cgroup of the target's process: None (and why) when it is the root cgroup or
     not reachable; caveats when memgap itself or other processes share it."""
     if t.cgroup is None and t.pid is not None:
-        ref = memory_cgroup_of(t.pid, proc_root)
-        if ref is None or not ref.path.is_dir():
+        ref = existing_memory_cgroup_of(t.pid, proc_root)
+        if ref is None:
             t.not_measured.append(unseen("cgroup layer", f"the memory cgroup of pid {t.pid} is not reachable from "
                                          "here (no memory controller mounted, or another cgroup namespace)"))
         elif ref.relpath in ("", "/"):

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memgap.collect.cgroup import CgroupRef, cgroup_counters
-from memgap.collect.cgroup import memory_cgroup_of as collect_memory_cgroup_of
+from memgap.collect.cgroup import CgroupRef, cgroup_counters, existing_memory_cgroup_of
 from memgap.collect.process import ProcessKey, parse_stat, process_key
 from memgap.envs.base import Environment, LaunchSpec, RunningEngine, wait_until
 from memgap.envs.container import (
@@ -44,14 +43,6 @@ from memgap.errors import EnvironmentUnavailable, MemgapError
 
 WATCH_INTERVAL_S = 0.05  # cgroup OOM counters: cheap reads, and the cgroup vanishes with the container
 STATS_INTERVAL_S = 2.0  # `stats --no-stream` itself takes ~1.6 s (it waits for a second sample)
-
-
-def memory_cgroup_of(pid: int, proc_root: Path = Path("/proc")) -> CgroupRef | None:
-    """The container process's memory cgroup as a folder in *our* mount namespace
-    (``collect.cgroup.memory_cgroup_of`` resolves through our own mounts), or None when
-    the folder is gone (the container exited)."""
-    ref = collect_memory_cgroup_of(pid, proc_root)
-    return ref if ref is not None and ref.path.is_dir() else None
 
 
 # ------------------------------------------------------------------- ownership labels
@@ -169,7 +160,8 @@ class ContainerEngine(RunningEngine):
         self.run_argv = run_argv
         self.pid = state.pid or 0
         self._key = process_key(self.pid) if self.pid else None
-        self.cgroup = memory_cgroup_of(self.pid) if self._key else None
+        # Resolved through our own mounts: the container's mountinfo shows its cgroup at its root.
+        self.cgroup = existing_memory_cgroup_of(self.pid) if self._key else None
         self._final: ContainerState | None = None if self._key else state
         self.watcher = _Watcher(cli, name, self.cgroup)
         self.watcher.read_cgroup_now()

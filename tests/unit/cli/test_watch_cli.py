@@ -82,13 +82,32 @@ def test_watch_cgroup_jsonl(tmp_path: Path) -> None:
     assert all(r["process_count"] == 0 for r in rows)  # a cgroup watch samples no process tree
 
 
-def test_cgroup_from_fixture_dirs() -> None:
-    assert cgroup_from_path(str(FIX / "cgroup/v1")).version == 1
-    assert cgroup_from_path(str(FIX / "cgroup/v2")).version == 2
-    with pytest.raises(UsageError, match="no memory controller files"):
-        cgroup_from_path(str(FIX / "proc"))
+def test_cgroup_from_a_folder_or_a_path_through_our_mounts(tmp_path: Path) -> None:
+    """``--cgroup`` resolves through this process's mounts (collect.cgroup.memory_cgroup_at):
+    a folder below a memory hierarchy, or the path /proc/PID/cgroup prints."""
+    v1, v2 = tmp_path / "cg" / "memory", tmp_path / "cg" / "unified"
+    docker = v1 / "docker" / "abc"
+    scope = v2 / "system.slice" / "x.scope"
+    for d, fixture in ((docker, "v1"), (scope, "v2")):
+        d.mkdir(parents=True)
+        for f in (FIX / "cgroup" / fixture).iterdir():
+            (d / f.name).write_text(f.read_text())
+    (v2 / "cgroup.controllers").write_text("cpu io memory pids\n")
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(f"35 31 0:32 / {v1} rw,relatime - cgroup cgroup rw,memory\n"
+                                             f"41 31 0:38 / {v2} rw,relatime - cgroup2 cgroup2 rw\n")
+    ref = cgroup_from_path(str(docker), proc)
+    assert (ref.version, ref.path, ref.relpath) == (1, docker, "/docker/abc")
+    assert cgroup_from_path("/docker/abc", proc) == ref
+    ref = cgroup_from_path(str(scope), proc)
+    assert (ref.version, ref.path, ref.relpath) == (2, scope, "/system.slice/x.scope")
+    with pytest.raises(UsageError, match="not a memory cgroup here"):
+        cgroup_from_path(str(FIX / "cgroup" / "v1"), proc)  # memory files, but no hierarchy here holds them
+    with pytest.raises(UsageError, match="not a memory cgroup here"):
+        cgroup_from_path("/docker/gone", proc)
     with pytest.raises(UsageError, match="not a cgroup directory"):
-        cgroup_from_path("relative/nowhere")
+        cgroup_from_path("relative/nowhere", proc)
 
 
 def _fake_runtime(tmp_path: Path, name: str, script: str) -> None:
@@ -135,20 +154,17 @@ def test_output_format() -> None:
     assert output_format(Path("a.CSV")) == "csv" and output_format(Path("a.ndjson")) == "jsonl"
 
 
-def test_cgroup_seen_from_here_matches_our_own() -> None:
-    from memgap.cli.watch import cgroup_seen_from_here
-
+def test_a_pids_cgroup_is_our_own_memory_cgroup_of_it() -> None:
     own = memory_cgroup_of("self")
     if own is None:
         pytest.skip("no memory cgroup visible")
-    assert cgroup_seen_from_here(os.getpid()) == own
+    target = resolve_target(os.getpid(), None, None, None)
+    assert target.pid == os.getpid() and target.cgroup == own
 
 
-def test_cgroup_seen_from_here_uses_our_mounts_not_the_targets(tmp_path: Path) -> None:
+def test_a_pids_cgroup_is_resolved_through_our_mounts_not_the_targets(tmp_path: Path) -> None:
     """A container's /proc/PID/mountinfo shows its cgroup at its mount's root; the path in
     /proc/PID/cgroup is resolved against this process's mounts instead."""
-    from memgap.cli.watch import cgroup_seen_from_here
-
     own = memory_cgroup_of("self")
     if own is None or own.version != 1:
         pytest.skip("needs a v1 memory cgroup of our own")
@@ -159,10 +175,11 @@ def test_cgroup_seen_from_here_uses_our_mounts_not_the_targets(tmp_path: Path) -
     (proc / "77" / "cgroup").write_text(f"4:memory:{own.relpath}\n1:name=systemd:/x\n")
     # the target's own view would say "/" -- it is not read
     (proc / "77" / "mountinfo").write_text("garbage\n")
-    ref = cgroup_seen_from_here(77, proc)
+    ref = resolve_target(77, None, None, None, proc).cgroup
     assert ref is not None and ref.path == own.path and ref.version == 1
     (proc / "77" / "cgroup").write_text("4:memory:/no/such/cgroup\n")
-    assert cgroup_seen_from_here(77, proc) is None
+    target = resolve_target(77, None, None, None, proc)
+    assert target.cgroup is None and "no memory cgroup visible" in target.description
 
 
 def test_series_writer_appends_only_complete_rows(tmp_path: Path) -> None:

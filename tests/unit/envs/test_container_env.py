@@ -10,14 +10,11 @@ from typing import Any
 
 import pytest
 
+from memgap.collect.cgroup import existing_memory_cgroup_of
 from memgap.engines.base import EngineCommand
 from memgap.envs.base import LaunchSpec
 from memgap.envs.container import ContainerCli, ContainerOptions, ContainerStartFailed
-from memgap.envs.container_run import (
-    ContainerEngine,
-    memory_cgroup_of,
-    owner_alive,
-)
+from memgap.envs.container_run import ContainerEngine, owner_alive
 from memgap.envs.docker import DockerEnvironment
 from memgap.errors import EnvironmentUnavailable, UsageError
 
@@ -58,15 +55,15 @@ def test_container_cgroup_is_resolved_through_memgaps_own_mounts(tmp_path: Path)
     proc = fake_proc(tmp_path, 4242)
     cg_dir = tmp_path / "cg" / "memory" / "docker" / CID
     cg_dir.mkdir(parents=True)
-    ref = memory_cgroup_of(4242, proc)
+    ref = existing_memory_cgroup_of(4242, proc)
     assert ref is not None
     assert ref.version == 1 and ref.path == cg_dir and ref.relpath == f"/docker/{CID}"
 
 
 def test_container_cgroup_that_is_gone_reads_as_none(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, 4242)
-    assert memory_cgroup_of(4242, proc) is None  # the folder does not exist
-    assert memory_cgroup_of(999, proc) is None  # nor the process
+    assert existing_memory_cgroup_of(4242, proc) is None  # the folder does not exist
+    assert existing_memory_cgroup_of(999, proc) is None  # nor the process
 
 
 def test_owner_label_notices_pid_reuse(tmp_path: Path) -> None:
@@ -230,6 +227,6 @@ def test_container_cgroup_on_a_v2_only_host(tmp_path: Path) -> None:
     (tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope").mkdir(parents=True)
     # a v2 root lists its controllers; memory must be among them
     (tmp_path / "cg" / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
-    ref = memory_cgroup_of(77, proc)
+    ref = existing_memory_cgroup_of(77, proc)
     assert ref is not None and ref.version == 2
     assert ref.path == tmp_path / "cg" / "system.slice" / f"docker-{CID}.scope" and ref.relpath == scope
