@@ -1,4 +1,5 @@
-"""The environment interface (native and sandbox now; docker, podman, chroot next)."""
+"""The environment interface, and what the environments that start the engine as memgap's
+own child process (native, chroot, sandbox) share."""
 
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ class RunningEngine(ABC):
         ``stop`` and before the launch context exits. A key ``oom_killed`` (bool) and
         ``cgroup_last_reading`` (dict) feed the failure description."""
         return {}
+
+
+class ChildProcessEngine(RunningEngine):
+    """An engine that is memgap's child process: polled through its ``Popen``, stopped by
+    signalling its whole process group (it runs in a session of its own)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], cgroup: CgroupRef | None = None) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.cgroup = cgroup
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        return stop_process_group(self.proc, timeout_s)
 
 
 class Environment(ABC):
@@ -141,3 +158,21 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         yield f
+
+
+@contextlib.contextmanager
+def child_engine(
+    spec: LaunchSpec,
+    argv: list[str],
+    *,
+    engine: Callable[[subprocess.Popen[bytes]], ChildProcessEngine] = ChildProcessEngine,
+    before_exec: Callable[[], None] | None = None,
+) -> Iterator[ChildProcessEngine]:
+    """Start ``argv`` as the run's engine, its output in the run's log; stopped when the
+    context exits, whatever happened."""
+    with open_log(spec.log_path) as log:
+        running = engine(spawn(argv, extra_env=spec.command.env, log=log, before_exec=before_exec))
+        try:
+            yield running
+        finally:
+            running.stop()

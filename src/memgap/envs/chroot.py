@@ -12,38 +12,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from memgap.envs.base import (
-    Environment,
-    LaunchSpec,
-    RunningEngine,
-    open_log,
-    spawn,
-    stop_process_group,
-)
+from memgap.envs.base import Environment, LaunchSpec, RunningEngine, child_engine
 from memgap.envs.container import ContainerCli, Mount, engine_mounts
 from memgap.envs.rootfs import exported_image, mounts_under, temp_skeleton
 from memgap.errors import EnvironmentUnavailable, PrivilegeError, UsageError
 
 SYSTEM_MOUNTS = ("/proc", "/sys", "/dev")
-
-
-class _ChrootEngine(RunningEngine):
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.cgroup = None
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        return stop_process_group(self.proc, timeout_s)
 
 
 def helper_argv(rootfs: Path, mounts: Sequence[Mount], command: Sequence[str], python: str = sys.executable) -> list[str]:
@@ -103,13 +82,8 @@ class ChrootEnvironment(Environment):
             mounts = engine_mounts(spec.command.read_paths, host_usr=host_usr, write_paths=spec.command.write_paths)
             created = _make_mount_points(root, [m.target for m in mounts] + [Path(p) for p in SYSTEM_MOUNTS])
             try:
-                with open_log(spec.log_path) as log:
-                    proc = spawn(helper_argv(root, mounts, spec.command.argv), extra_env=spec.command.env, log=log)
-                    engine = _ChrootEngine(proc)
-                    try:
-                        yield engine
-                    finally:
-                        engine.stop()
+                with child_engine(spec, helper_argv(root, mounts, spec.command.argv)) as engine:
+                    yield engine
             finally:
                 left = mounts_under(root)
                 self._mount_check = {"rootfs": str(root), "mounts_left": [str(p) for p in left]}

@@ -20,30 +20,24 @@ from typing import Any
 from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
 from memgap.envs import cgroupfs
 from memgap.envs.base import (
+    ChildProcessEngine,
     Environment,
     LaunchSpec,
     RunningEngine,
-    open_log,
-    spawn,
-    stop_process_group,
+    child_engine,
 )
 from memgap.errors import EnvironmentUnavailable, PrivilegeError
 
 NAMESPACES = ("mount", "pid", "ipc", "uts")
 
 
-class _SandboxEngine(RunningEngine):
+class _SandboxEngine(ChildProcessEngine):
     def __init__(self, proc: subprocess.Popen[bytes], cgroup: CgroupRef) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.cgroup = cgroup
+        super().__init__(proc, cgroup)
         self._own_cgroup = cgroup
 
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
     def stop(self, timeout_s: float = 10.0) -> int | None:
-        rc = stop_process_group(self.proc, timeout_s)
+        rc = super().stop(timeout_s)
         # The engine is PID 1 of its namespace only through unshare; whatever is left in
         # the cgroup (a daemonised child, say) is killed too.
         cgroupfs.kill_all(self._own_cgroup)
@@ -110,17 +104,8 @@ class SandboxEnvironment(Environment):
                 *spec.command.argv,
             ]
             procs_file = cg.path / "cgroup.procs"
-            with open_log(spec.log_path) as log:
-                proc = spawn(
-                    argv,
-                    extra_env=spec.command.env,
-                    log=log,
-                    before_exec=lambda: cgroupfs.join_self(procs_file),
-                )
-                engine = _SandboxEngine(proc, cg)
-                try:
-                    yield engine
-                finally:
-                    engine.stop()
+            with child_engine(spec, argv, engine=lambda proc: _SandboxEngine(proc, cg),
+                              before_exec=lambda: cgroupfs.join_self(procs_file)) as engine:
+                yield engine
         finally:
             cgroupfs.remove(cg)
