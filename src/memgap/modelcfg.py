@@ -5,7 +5,6 @@ size, sliding windows, default dtype, context length and the size of the weights
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from memgap.engines.base import ModelFile
 from memgap.errors import UsageError
 from memgap.kv import KvLayout
 
@@ -303,33 +301,5 @@ def describe(layout: KvLayout) -> str:
 
 
 __all__: Sequence[str] = (
-    "ModelConfig", "describe", "gguf_layout", "hf_layout", "model_identity", "read_model_config",
+    "ModelConfig", "describe", "gguf_layout", "hf_layout", "read_model_config",
 )
-
-
-def model_identity(path: Path) -> ModelFile:
-    """A local model (a file, or a Hugging Face snapshot directory) as a ``ModelFile``.
-
-    A file is digested whole (``memgap.engines.modelfile``). A directory's digest covers
-    every file's name and size and the full text of its small files (configs, index,
-    tokenizer): reading tens of GB of weights would take minutes and would fill the
-    page cache, which is part of what a run measures."""
-    from memgap.engines.modelfile import model_file
-    from memgap.errors import EngineNotFound
-
-    if path.is_file():
-        return model_file(path)
-    if not path.is_dir():
-        raise EngineNotFound(f"model not found: {path} (memgap needs the model's files locally to identify it)")
-    h = hashlib.sha256(b"memgap-model-dir-v1\0")
-    total = 0
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and ".cache" not in q.parts):
-        size = p.stat().st_size
-        total += size
-        h.update(f"{p.relative_to(path).as_posix()}\0{size}\0".encode())
-        if size <= _SMALL_FILE:
-            h.update(p.read_bytes())
-    return ModelFile(path=path.resolve(), size_bytes=total, sha256=h.hexdigest(), name=path.name)
-
-
-_SMALL_FILE = 16 << 20

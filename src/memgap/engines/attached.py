@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from memgap.engines.base import EngineCommand, ModelFile
+from memgap.engines.modelfile import model_identity
 from memgap.engines.registry import engine_info
 from memgap.errors import EngineNotFound, UsageError
 from memgap.spec import EngineSpec
@@ -67,8 +68,6 @@ class AttachedEngine:
     def model(self) -> ModelFile:
         """The model's identity when the user named a local file or folder; raises
         EngineNotFound otherwise (the runner records the model as unknown)."""
-        from memgap.modelcfg import model_identity
-
         given = given_model(self.spec)
         if given is None:
             raise EngineNotFound("the attached engine's model was not given (--model)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memgap.engines.base import EngineCommand, ModelFile
+from memgap.engines.modelfile import model_identity
 from memgap.engines.registry import engine_info
 from memgap.errors import UsageError
 from memgap.spec import VLLM_KV_CACHE_DTYPES, VllmSpec
@@ -67,8 +68,6 @@ def local_paths(model: str) -> tuple[Path, ...]:
 
 
 def model_of(model: str) -> ModelFile:
-    from memgap.modelcfg import model_identity
-
     return model_identity(Path(model))
 
 
