@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memgap.errors import StoreError
+from memgap.nested import value_at
 
 RECORD_VERSION = 2
 
@@ -185,14 +186,7 @@ def field_reader(path: str) -> Callable[[Mapping[str, Any] | RunRecord], float |
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
     def read(record: Mapping[str, Any] | RunRecord) -> float | None:
-        cur: Any = record
-        for k in keys:
-            if isinstance(cur, BaseModel):
-                cur = getattr(cur, k, None)
-            elif isinstance(cur, Mapping):
-                cur = cur.get(k)
-            else:
-                return None
+        cur = value_at(record, keys)
         if isinstance(cur, bool) or not isinstance(cur, int | float):
             return None
         return float(cur)

@@ -30,12 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from memgap.analysis.sweep_curves import SweepPoint, point_row, request_from_row, value_at
+from memgap.analysis.sweep_curves import SweepPoint, point_row, request_from_row
 from memgap.engines.registry import make_engine
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.load.slo import SLO
 from memgap.load.spec import WorkloadSpec
+from memgap.nested import value_at
 from memgap.runner import RunObserver, execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store
@@ -102,7 +103,7 @@ def fit_parallel(ctx_size: int, per_request_tokens: int) -> int:
 def kv_budget_of(record: Mapping[str, Any]) -> int | None:
     """The KV capacity in tokens a run's engine reported (what it sized from the memory
     it saw), to sweep another run's budget on this machine."""
-    tokens = value_at(record, "engine_report", "kv_cache_tokens")
+    tokens = value_at(record, "engine_report.kv_cache_tokens")
     return tokens if isinstance(tokens, int) and tokens > 0 else None
 
 

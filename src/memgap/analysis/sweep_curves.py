@@ -13,6 +13,7 @@ from typing import Any
 
 from memgap.load.records import RequestRecord
 from memgap.load.slo import SLO, Goodput, goodput, parse_slo
+from memgap.nested import value_at
 from memgap.store import Store
 
 
@@ -76,15 +77,6 @@ def _window(series: Mapping[str, Any] | None, column: str) -> list[float]:
     return [float(v) for t, v in zip(ts, vals, strict=False) if v is not None and lo <= t <= hi]
 
 
-def value_at(d: Mapping[str, Any] | None, *path: str) -> Any:
-    cur: Any = d
-    for p in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(p)
-    return cur
-
-
 def point_row(
     point: SweepPoint,
     record: Mapping[str, Any],
@@ -104,9 +96,9 @@ def point_row(
         "run_id": record.get("run_id"),
         "status": record.get("status"),
         "failure": record.get("failure"),
-        "parallel": value_at(record, "engine_options", "parallel"),
-        "kv_cache_tokens": value_at(record, "engine_report", "kv_cache_tokens"),
-        "kv_cache_bytes": value_at(record, "engine_report", "kv_cache_bytes"),
+        "parallel": value_at(record, "engine_options.parallel"),
+        "kv_cache_tokens": value_at(record, "engine_report.kv_cache_tokens"),
+        "kv_cache_bytes": value_at(record, "engine_report.kv_cache_bytes"),
         "requests_ok": record.get("requests_ok"),
         "requests_errored": record.get("requests_errored"),
         "errors_by_kind": record.get("errors_by_kind") or {},
@@ -115,12 +107,12 @@ def point_row(
         "goodput_per_s": g.goodput_per_s if g else None,
         "slo_met_fraction": g.met_fraction if g else None,
         "slo_missed_by": dict(g.missed_by) if g else {},
-        "ttft_p50_s": value_at(record, "ttft_s", "p50"),
-        "ttft_p99_s": value_at(record, "ttft_s", "p99"),
-        "itl_p50_s": value_at(record, "itl_s", "p50"),
-        "e2e_p50_s": value_at(record, "e2e_s", "p50"),
-        "e2e_p99_s": value_at(record, "e2e_s", "p99"),
-        "queue_delay_p50_s": value_at(record, "queue_delay_s", "p50"),
+        "ttft_p50_s": value_at(record, "ttft_s.p50"),
+        "ttft_p99_s": value_at(record, "ttft_s.p99"),
+        "itl_p50_s": value_at(record, "itl_s.p50"),
+        "e2e_p50_s": value_at(record, "e2e_s.p50"),
+        "e2e_p99_s": value_at(record, "e2e_s.p99"),
+        "queue_delay_p50_s": value_at(record, "queue_delay_s.p50"),
         # the engine's own queue: llamacpp:requests_deferred, vllm:num_requests_waiting, ...
         "engine_waiting_peak": max(waiting) if waiting else None,
         "engine_waiting_mean": sum(waiting) / len(waiting) if waiting else None,
@@ -206,7 +198,7 @@ def knees(rows: Sequence[Mapping[str, Any]], rel_tol: float = 0.2) -> dict[str, 
 def point_of(record: Mapping[str, Any]) -> SweepPoint:
     """The sweep point a stored run was made at, read back from its record."""
     w = record.get("workload") or {}
-    ctx = value_at(record, "engine_options", "ctx_size")
+    ctx = value_at(record, "engine_options.ctx_size")
     return SweepPoint(int(w.get("concurrency") or 1), w.get("request_rate_per_s"), ctx if isinstance(ctx, int) else None)
 
 

@@ -7,16 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
+from memgap.nested import value_at
 from memgap.units import format_bytes, format_seconds
-
-
-def _get(d: dict[str, Any], path: str) -> Any:
-    cur: Any = d
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 def _num(fmt: str) -> Callable[[Any], str]:
@@ -60,7 +52,7 @@ def comparison_table(records: Sequence[dict[str, Any]]) -> Table:
             table.add_row(label, *(f"{_count(r.get('requests_ok', 0))} / {_count(r.get('requests_errored', 0))}"
                                    for r in records))
             continue
-        table.add_row(label, *(fmt(_get(r, path)) for r in records))
+        table.add_row(label, *(fmt(value_at(r, path)) for r in records))
     return table
 
 

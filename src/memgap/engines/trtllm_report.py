@@ -30,6 +30,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from memgap.nested import value_at
+
 GIB = 1 << 30
 
 # The figures a run's record takes from the report (missing ones are listed).
@@ -68,15 +70,6 @@ class BenchReport:
         return round(self.num_requests * self.avg_output_tokens)
 
 
-def _get(doc: Any, dotted: str) -> Any:
-    node = doc
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -100,31 +93,31 @@ def parse_bench_report(text: str) -> BenchReport:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"a report is a JSON object, got {type(doc).__name__}")
-    n_raw = _get(doc, "request_info.num_requests")
+    n_raw = value_at(doc, "request_info.num_requests")
     n = int(n_raw) if isinstance(n_raw, int) and not isinstance(n_raw, bool) else None
-    latency_ms = _num(_get(doc, "performance.total_latency_ms"))
+    latency_ms = _num(value_at(doc, "performance.total_latency_ms"))
     machine: dict[str, Any] = doc["machine"] if isinstance(doc.get("machine"), dict) else {}
     mem_gib = _num(machine.get("memory.total"))  # one key, with a dot in it
-    version = _get(doc, "engine.version")
-    backend = _get(doc, "engine.backend")
+    version = value_at(doc, "engine.version")
+    backend = value_at(doc, "engine.backend")
     name = machine.get("name")
     return BenchReport(
         num_requests=n,
         duration_s=latency_ms / 1000.0 if latency_ms is not None else None,
-        request_throughput_per_s=_num(_get(doc, "performance.request_throughput_req_s")),
-        output_tokens_per_s=_num(_get(doc, "performance.system_output_throughput_tok_s")),
-        total_tokens_per_s=_num(_get(doc, "performance.system_total_throughput_tok_s")),
-        avg_input_tokens=_num(_get(doc, "request_info.avg_input_length")),
-        avg_output_tokens=_num(_get(doc, "request_info.avg_output_length")),
-        e2e_s=_percentiles_s(_get(doc, "performance.request_latency_percentiles_ms"), n),
-        ttft_s=_percentiles_s(_get(doc, "streaming_metrics.ttft_percentiles"), n),
-        tpot_s=_percentiles_s(_get(doc, "streaming_metrics.tpot_percentiles"), n),
+        request_throughput_per_s=_num(value_at(doc, "performance.request_throughput_req_s")),
+        output_tokens_per_s=_num(value_at(doc, "performance.system_output_throughput_tok_s")),
+        total_tokens_per_s=_num(value_at(doc, "performance.system_total_throughput_tok_s")),
+        avg_input_tokens=_num(value_at(doc, "request_info.avg_input_length")),
+        avg_output_tokens=_num(value_at(doc, "request_info.avg_output_length")),
+        e2e_s=_percentiles_s(value_at(doc, "performance.request_latency_percentiles_ms"), n),
+        ttft_s=_percentiles_s(value_at(doc, "streaming_metrics.ttft_percentiles"), n),
+        tpot_s=_percentiles_s(value_at(doc, "streaming_metrics.tpot_percentiles"), n),
         device_name=name if isinstance(name, str) else None,
         device_total_bytes=round(mem_gib * GIB) if mem_gib is not None else None,
-        kv_fraction=_num(_get(doc, "world_info.kv_cache_percentage")),
+        kv_fraction=_num(value_at(doc, "world_info.kv_cache_percentage")),
         version=str(version) if isinstance(version, (str, int, float)) else None,
         backend=backend if isinstance(backend, str) else None,
-        missing=tuple(k for k in EXPECTED if _get(doc, k) is None),
+        missing=tuple(k for k in EXPECTED if value_at(doc, k) is None),
         raw=doc,
     )
 
