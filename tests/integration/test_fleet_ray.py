@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -50,9 +51,18 @@ warmup_requests = 0
 """
 
 
-def _node_args(label: str, *, head: bool = False, env: dict[str, str] | None = None) -> dict[str, Any]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _node_args(label: str, *, head: bool = False, env: dict[str, str] | None = None,
+               client_port: int | None = None) -> dict[str, Any]:
     args: dict[str, Any] = {"num_cpus": 1, "resources": {"memgap_slot": 1}, "labels": {"memgap-host": label},
                             "object_store_memory": OBJECT_STORE_BYTES}
+    if client_port is not None:  # Ray Client's server, for ray:// addresses
+        args["ray_client_server_port"] = client_port
     if head:
         # a dead node is noticed within about a second, not Ray's default half minute
         args.update(include_dashboard=False, _system_config={
@@ -64,10 +74,10 @@ def _node_args(label: str, *, head: bool = False, env: dict[str, str] | None = N
 
 
 @contextmanager
-def _cluster(*nodes: tuple[str, dict[str, str] | None]) -> Iterator[Cluster]:
+def _cluster(*nodes: tuple[str, dict[str, str] | None], client_port: int | None = None) -> Iterator[Cluster]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     (label, env), rest = nodes[0], nodes[1:]
-    c = Cluster(initialize_head=True, head_node_args=_node_args(label, head=True, env=env))
+    c = Cluster(initialize_head=True, head_node_args=_node_args(label, head=True, env=env, client_port=client_port))
     try:
         for label, env in rest:
             c.add_node(**_node_args(label, env=env))
@@ -79,10 +89,13 @@ def _cluster(*nodes: tuple[str, dict[str, str] | None]) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Three memgap nodes, kept for the tests that kill no node: node-a (the head), node-b,
-    and node-c, whose workers find no engine (MEMGAP_LLAMA_SERVER names a missing file)."""
+    """Three memgap nodes, kept for the tests that kill no node: node-a (the head, with Ray
+    Client's server), node-b, and node-c, whose workers find no engine
+    (MEMGAP_LLAMA_SERVER names a missing file)."""
     missing = {"MEMGAP_LLAMA_SERVER": str(tmp_path_factory.mktemp("node-c") / "no-llama-server")}
-    with _cluster(("node-a", None), ("node-b", None), ("node-c", missing)) as c:
+    port = _free_port()
+    with _cluster(("node-a", None), ("node-b", None), ("node-c", missing), client_port=port) as c:
+        c.client_port = port  # type: ignore[attr-defined]
         yield c
 
 
@@ -123,11 +136,17 @@ def _scratch() -> set[Path]:
     return {p for pattern in ("memgap-run-*", "memgap-scratch-*") for p in tmp.glob(pattern)}
 
 
-def _clean_after_kill(before_test: set[Path], at_kill: set[Path]) -> None:
+def _clean_after_kill(before_test: set[Path], killed_at: float) -> None:
     """Remove what the runs cut off by the kill left (what a reboot of their machine would
-    have cleaned up): folders of runs in progress at the kill that are still there."""
-    for d in (at_kill - before_test) & _scratch():
-        shutil.rmtree(d, ignore_errors=True)
+    have cleaned up): run folders made since the test began, up to a moment after the kill
+    (a task still starting then dies a little later), that are still there once every
+    later run has ended (each removes its own)."""
+    for d in _scratch() - before_test:
+        try:
+            if d.stat().st_ctime <= killed_at + 3.0:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _raylet_pids(c: Cluster) -> dict[int, Any]:
@@ -166,12 +185,12 @@ def test_node_lost_mid_run_is_a_failed_run_retried_on_another_node(tmp_path: Pat
             time.sleep(0.05)
         assert found is not None, "no run started on a node-b node"
         engine, node = found
-        at_kill = _scratch()
+        killed_at = time.time()
         node.kill_raylet()
         out, err = driver.communicate(timeout=240)
         psutil.wait_procs([engine], timeout=10)  # the worker died with its raylet, the engine with it
         assert not engine.is_running(), "the engine outlived its node"
-        _clean_after_kill(before_test, at_kill)
+        _clean_after_kill(before_test, killed_at)
     assert driver.returncode == 0, err[-3000:]
     with Store(db) as st:
         runs = st.runs({"study_id": "study:lost"})
@@ -263,7 +282,7 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
                     break
             time.sleep(0.05)
         assert engine is not None, f"no second run started: {_rows(db)}"
-        at_kill = _scratch()
+        killed_at = time.time()
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(10)
     finally:
@@ -274,7 +293,6 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
     # Ray ends a dead driver's tasks: the worker goes, and the engine with it
     psutil.wait_procs([engine], timeout=30)
     assert not engine.is_running(), "the engine outlived the driver that started its run"
-    _clean_after_kill(before_test, at_kill)
     again = subprocess.run(_driver(exp, c.address, db, "--resume"), capture_output=True, text=True,
                            timeout=240, env=_env())
     assert again.returncode == 0, again.stderr[-3000:]
@@ -282,6 +300,7 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
     once_more = subprocess.run(_driver(exp, c.address, db, "--resume"), capture_output=True, text=True,
                                timeout=240, env=_env())
     assert once_more.returncode == 0 and "0 run(s) this time" in once_more.stdout, once_more.stderr[-2000:]
+    _clean_after_kill(before_test, killed_at)  # the resumed runs have ended (and removed theirs)
     started = [(i, a) for i, a, s in before if s == "started"]
     assert started, before
     after = _rows(db)
@@ -310,3 +329,17 @@ def test_a_node_without_the_engine_is_found_before_the_study_and_fails_its_cell(
     assert bad.record["failure"].startswith("host node-c cannot run this cell: node-c (node ")
     assert "llama-server not found" in bad.record["failure"] and "no-llama-server" in bad.record["failure"]
     assert bad.record["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"  # grouped with node-a's runs
+
+
+def test_a_ray_client_address_runs_the_study_too(cluster: Cluster, tmp_path: Path, no_leftovers: None) -> None:
+    # Ray Client streams no task: each run is a prepare task and then the run's own task
+    exp = _experiment(tmp_path, "client", ["native"], iterations=1, cluster='[cluster]\nhosts = ["node-a", "node-b"]')
+    db = tmp_path / "s.db"
+    address = f"ray://127.0.0.1:{cluster.client_port}"  # type: ignore[attr-defined]
+    done = subprocess.run(_driver(exp, address, db), capture_output=True, text=True, timeout=240, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    with Store(db) as st:
+        runs = st.runs({"study_id": "study:client"})
+        rows = st.study_runs("study:client")
+    assert sorted((_host(r), r.status) for r in runs) == [("node-a", "ok"), ("node-b", "ok")]
+    assert all(r["status"] == "finished" and r["actions"]["page_cache"] == {"policy": "keep"} for r in rows)

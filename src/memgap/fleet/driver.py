@@ -7,7 +7,9 @@ node's ``memgap_slot`` from start to end, so no other memgap run (of this study 
 shares the machine, pinned to the node (``NodeAffinitySchedulingStrategy``, never soft)
 with ``max_retries=0`` (Ray must not quietly run a measurement again elsewhere). The task
 streams two items: what the cooldown and the page-cache action did on the node, when the
-driver notes the attempt as started in ``study_runs``, and then the run's outcome.
+driver notes the attempt as started in ``study_runs``, and then the run's outcome. Ray
+Client (``ray://``) cannot stream: there the actions and the run are two tasks, and
+another study's run could take the node's slot between them.
 
 A node that dies under a run: the run is stored as failed (``node lost: ...``), and with
 ``[cluster] retry_lost`` run once more on another node of the same host, if it has one; a
@@ -29,7 +31,7 @@ from memgap.experiment import Experiment
 from memgap.fleet import SLOT_RESOURCE
 from memgap.fleet.faults import NODE_LOST, cause_text, classify, failed_record
 from memgap.fleet.nodes import FleetNode, memgap_nodes, nodes_of, study_hosts
-from memgap.fleet.task import check_node, outcome_from_dict, run_on_node
+from memgap.fleet.task import check_node, outcome_from_dict, prepare_node, run_here, run_on_node
 from memgap.matrix import Cell, PlannedRun, plan_runs
 from memgap.runner import new_run_id
 from memgap.spec import RunSpec
@@ -235,8 +237,18 @@ def preflight(ray: Any, exp: Experiment, hosts: Sequence[str], nodes: Sequence[F
     return check, notes
 
 
+def client_mode() -> bool:
+    """Whether this driver joined through Ray Client (ray://), which streams no task."""
+    try:
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    except Exception:  # noqa: BLE001 - no client module: not a client
+        return False
+
+
 def _drive(ray: Any, exp: Experiment, store: Store, *, experiment_path: str | None,
-           on_event: OnEvent | None) -> StudyOutcome:
+           on_event: OnEvent | None, streaming: bool | None = None) -> StudyOutcome:
     nodes = memgap_nodes(ray.nodes())
     if not nodes:
         raise UsageError("no memgap node in the Ray cluster: start each with "
@@ -264,7 +276,7 @@ def _drive(ray: Any, exp: Experiment, store: Store, *, experiment_path: str | No
             st.notes.append(f"host {h}: no memgap node in the cluster; its {n} run(s) wait for a resume")
             st.queues[h].clear()
     _refuse_unrunnable(st, nodes)
-    _loop(ray, st, on_event)
+    _loop(ray, st, on_event, streaming=not client_mode() if streaming is None else streaming)
     return study_outcome(exp, store, resumed=resumed, notes=st.notes, ran=st.ran)
 
 
@@ -293,9 +305,24 @@ def _settled(st: _State, p: PlannedRun) -> bool:
     return group_state(st.exp, st.plan, done, p.cell.group, p.block - 1, p.cell.host).settled
 
 
-def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
-    run_remote = _remote(ray, run_on_node, streaming=True)
-    flights: dict[Any, _Flight] = {}  # the run's task (a stream: its actions, then its outcome)
+def _loop(ray: Any, st: _State, on_event: OnEvent | None, *, streaming: bool) -> None:
+    if streaming:
+        start = _remote(ray, run_on_node, streaming=True)
+    else:
+        start, then = _remote(ray, prepare_node), _remote(ray, run_here)
+    # the run's task (a stream: its actions, then its outcome), or its prepare_node and then
+    # its run_here task
+    flights: dict[Any, _Flight] = {}
+
+    def go_on(task: Any, f: _Flight) -> None:
+        """The actions are in: in streaming mode the same task runs on, else send the run."""
+        if streaming:
+            flights[task] = f
+        else:
+            del flights[task]
+            run = then.options(scheduling_strategy=_on(f.node)).remote(st.spec(f.planned).to_dict(),
+                                                                          host=f.planned.cell.host)
+            flights[run] = f
 
     def busy(host: str) -> bool:
         return any(f.planned.cell.host == host for f in flights.values())
@@ -314,9 +341,9 @@ def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
                     break
                 cooldown = st.exp.cooldown.model_dump() if (host in st.ran_on or st.resumed) else None
                 files = [str(st.check.cell(node, cell_key(p.cell)).get("model_path"))]
-                task = run_remote.options(scheduling_strategy=_on(node)).remote(
-                    st.spec(p).to_dict(), host=host, cooldown=cooldown, page_cache=st.exp.study.page_cache,
-                    files=files)
+                kw = {"cooldown": cooldown, "page_cache": st.exp.study.page_cache, "files": files}
+                task = (start.options(scheduling_strategy=_on(node)).remote(st.spec(p).to_dict(), host=host, **kw)
+                        if streaming else start.options(scheduling_strategy=_on(node)).remote(**kw))
                 flights[task] = _Flight("prepare", p, node)
                 st.ran_on.add(host)
 
@@ -326,7 +353,7 @@ def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
             # a timeout, so Ctrl-C (and SIGTERM, raised as KeyboardInterrupt) is seen each second
             ready, _ = ray.wait(list(flights), num_returns=1, timeout=1.0)
             for task in ready:
-                _land(ray, st, task, flights, on_event)
+                _land(ray, st, task, flights, on_event, go_on)
             dispatch()
     except KeyboardInterrupt:
         _cancel(ray, st, flights)
@@ -334,11 +361,17 @@ def _loop(ray: Any, st: _State, on_event: OnEvent | None) -> None:
 
 
 def _next(ray: Any, task: Any, timeout: float | None = None) -> Any:
-    """The task's next item. Ray raises a task's error here, or from the item's ref."""
-    return ray.get(next(task), timeout=timeout)
+    """The task's next item (a stream's), or its result. Ray raises a task's error here,
+    or from the item's ref."""
+    if hasattr(task, "__next__"):
+        return ray.get(next(task), timeout=timeout)
+    result = ray.get(task, timeout=timeout)
+    # prepare_node's result is the actions themselves; run_here's is the outcome
+    return result if "outcome" in result or "error" in result else {"actions": result}
 
 
-def _land(ray: Any, st: _State, task: Any, flights: dict[Any, _Flight], on_event: OnEvent | None) -> None:
+def _land(ray: Any, st: _State, task: Any, flights: dict[Any, _Flight], on_event: OnEvent | None,
+          go_on: Callable[[Any, _Flight], None]) -> None:
     """The task sent its next item: the actions before the run (note the attempt as
     started), or the run's outcome (store it); or Ray says it failed (store why)."""
     f = flights[task]
@@ -373,7 +406,7 @@ def _land(ray: Any, st: _State, task: Any, flights: dict[Any, _Flight], on_event
         st.store.start_study_run(st.exp.study_id, plan_index=p.index, attempt=attempt, block=p.block,
                                  iteration=p.iteration, cell=p.cell.to_dict(), started_at=created,
                                  actions={**item["actions"], "node": node.describe()})
-        flights[task] = _Flight("run", p, node, attempt, created)
+        go_on(task, _Flight("run", p, node, attempt, created))
         if on_event:
             on_event(p, host, "start")
         return

@@ -91,17 +91,22 @@ def outcome_from_dict(d: Mapping[str, Any]) -> RunOutcome:
 def run_on_node(spec: Mapping[str, Any], *, host: str, cooldown: Mapping[str, Any] | None, page_cache: str,
                 files: Sequence[str]) -> Iterator[dict[str, Any]]:
     """One run here, as a stream of two items: ``{"actions": ...}`` once the cooldown and the
-    page-cache action are done (the driver notes the attempt as started), then
-    ``{"outcome": ...}``, or ``{"error": ..., "host": ...}`` when memgap refused to start
-    the run (a missing privilege, tool or file: nothing was created)."""
+    page-cache action are done (the driver notes the attempt as started), then what
+    ``run_here`` returns."""
     yield {"actions": prepare_node(cooldown=cooldown, page_cache=page_cache, files=files)}
+    yield run_here(spec, host=host)
+
+
+def run_here(spec: Mapping[str, Any], *, host: str) -> dict[str, Any]:
+    """``{"outcome": ...}``, or ``{"error": ..., "host": ...}`` when memgap refused to start
+    the run (a missing privilege, tool or file: nothing was created). A task of its own
+    (after a ``prepare_node`` task) where Ray cannot stream: through Ray Client (ray://)."""
     try:
         run_spec = RunSpec.from_dict(dict(spec))
         engine = make_engine(run_spec.engine)
         environment = make_environment(run_spec.environment)
         outcome = perform_run(run_spec, engine=engine, environment=environment)
     except MemgapError as e:
-        yield {"error": str(e), "host": host_of_node(host)}
-        return
+        return {"error": str(e), "host": host_of_node(host)}
     outcome.record["host"] = {**(outcome.record.get("host") or {}), "name": host, "ray": node_identity()}
-    yield {"outcome": outcome_to_dict(outcome)}
+    return {"outcome": outcome_to_dict(outcome)}

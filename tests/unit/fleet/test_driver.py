@@ -88,12 +88,14 @@ class FakeRay:
     def call(self, name: str, node: str, args: tuple[Any, ...], kw: dict[str, Any]) -> _Ref | _Stream:
         assert node not in self.in_flight, f"{name} sent to {node} while another task runs there"
         self.calls.append((name, node))
-        if name == "run_on_node":  # a stream: the actions before the run, then the run
-            actions = _Ref(node, {"actions": {"page_cache": {"policy": kw["page_cache"]},
-                                              **({"cooldown": {"waited_s": 0.0}} if kw["cooldown"] is not None else {})}},
-                           last=False)
-            self.in_flight[node] = actions
-            return _Stream(node, [actions, self.answer(name, node, args, kw)])
+        if name in ("run_on_node", "prepare_node"):  # the actions before the run
+            actions = {"page_cache": {"policy": kw["page_cache"]},
+                       **({"cooldown": {"waited_s": 0.0}} if kw["cooldown"] is not None else {})}
+            if name == "prepare_node":  # Ray Client: a task of its own, then run_here
+                ref = self.in_flight[node] = _Ref(node, actions)
+                return ref
+            first = self.in_flight[node] = _Ref(node, {"actions": actions}, last=False)
+            return _Stream(node, [first, self.answer(name, node, args, kw)])
         ref = self.in_flight[node] = self.answer(name, node, args, kw)
         return ref
 
@@ -103,7 +105,7 @@ class FakeRay:
                                                                   "model_path": "/m.gguf", "model_sha256": DIGEST})
                      for k, s in args[0].items()}
             return _Ref(node, {"host": {"hostname": "vm"}, "ray": {"node_id": node}, "cells": cells})
-        assert name == "run_on_node"
+        assert name in ("run_on_node", "run_here")
         self.runs_on[node] = self.runs_on.get(node, 0) + 1
         if (node, self.runs_on[node]) in self.lose:
             return _Ref(node, error=rex.NodeDiedError("Task failed because the node it was running on is dead."))
@@ -136,10 +138,12 @@ def _exp(cluster: str, envs: str = '["native"]', iterations: int = 2) -> Experim
                             f'[cluster]\n{cluster}\n')
 
 
-def test_one_run_in_flight_per_host_every_outcome_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("streaming", [True, False])  # False: through Ray Client, two tasks a run
+def test_one_run_in_flight_per_host_every_outcome_stored(tmp_path: Path, streaming: bool) -> None:
     ray = FakeRay([_node(A, "node-a"), _node(B1, "node-b")])
     with Store(tmp_path / "s.db") as st:
-        out = _drive(ray, _exp("", envs='["native", "sandbox"]'), st, experiment_path=None, on_event=None)
+        out = _drive(ray, _exp("", envs='["native", "sandbox"]'), st, experiment_path=None, on_event=None,
+                     streaming=streaming)
         runs = st.runs()
         rows = st.study_runs("study:f")
     assert len(runs) == 8 and {r.status for r in runs} == {"ok"} and out.runs_finished == 8
@@ -155,10 +159,12 @@ def test_one_run_in_flight_per_host_every_outcome_stored(tmp_path: Path) -> None
     assert [c for c in ray.calls if c[0] == "check_node"] == [("check_node", A), ("check_node", B1)]
 
 
-def test_lost_node_run_is_failed_then_retried_once_on_another_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("streaming", [True, False])
+def test_lost_node_run_is_failed_then_retried_once_on_another_node(tmp_path: Path, streaming: bool) -> None:
     ray = FakeRay([_node(B1, "node-b"), _node(B2, "node-b")], lose={(B1, 1)})
     with Store(tmp_path / "s.db") as st:
-        _drive(ray, _exp('hosts = ["node-b"]\nretry_lost = true'), st, experiment_path=None, on_event=None)
+        _drive(ray, _exp('hosts = ["node-b"]\nretry_lost = true'), st, experiment_path=None, on_event=None,
+               streaming=streaming)
         runs = st.runs()
         rows = st.study_runs("study:f")
     (lost,) = [r for r in runs if r.status == "failed"]
