@@ -21,7 +21,7 @@ from rich.table import Table
 from memgap.analysis.capacity_outcome import CapacityOutcome, outcome_of, tokens_per_request
 from memgap.capacity import Arm, CapacitySettings, Ladder, SearchSettings, Step
 from memgap.capacity_run import new_capacity_id, open_search, run_capacity
-from memgap.cli.run import _sigterm_as_interrupt
+from memgap.cli.interrupt import sigterm_as_interrupt as _sigterm_as_interrupt
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.cli.sweep import LLAMACPP_MIN_SLOT_CELLS, with_kv_budget
 from memgap.envs import ENVIRONMENTS, make_environment

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +19,7 @@ from rich.progress import (
 )
 
 from memgap.analysis.sweep_curves import request_from_row
+from memgap.cli.interrupt import interrupt_on_sigterm
 from memgap.cli.run_table import comparison_table
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.errors import Interrupted, UsageError
@@ -71,10 +70,6 @@ class _ProgressObserver:
     def request_done(self, environment: str, record: RequestRecord, done: int, total: int) -> None:
         if self.live and environment in self.tasks and not record.warmup:
             self.progress.update(self.tasks[environment], completed=done)
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 _W = WorkloadSpec()
@@ -210,15 +205,13 @@ def run_specs(specs: list[RunSpec], *, store: Path, as_json: bool) -> int:
     slo_obj = parse_slo(specs[0].slo)
     err = Console(stderr=True, highlight=False)
     records: list[dict[str, Any]] = []
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        with open_store(store) as st, _ProgressObserver(err, specs[0].workload.requests) as observer:
+        with interrupt_on_sigterm(), open_store(store) as st, \
+                _ProgressObserver(err, specs[0].workload.requests) as observer:
             for spec, eng, e in zip(specs, engines, environments, strict=True):
                 records.append(execute_run(spec, st, engine=eng, environment=e, observer=observer))
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the run in progress was recorded as failed and cleaned up") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     goodputs = {}
     if not slo_obj.empty:

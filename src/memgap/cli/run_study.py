@@ -8,17 +8,16 @@ ADDRESS`` (or ``[cluster] address``) the study runs on a Ray cluster (``memgap.f
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from memgap.cli.interrupt import interrupt_on_sigterm
 from memgap.cli.spec_flags import apply_overrides as spec_overrides
 from memgap.cli.spec_flags import overrides_from_flags
 from memgap.errors import Interrupted, UsageError
@@ -55,10 +54,6 @@ def apply_overrides(exp: Experiment, given: Mapping[str, Any]) -> Experiment:
     except ValidationError as e:
         loc, msg = validation_errors(e)[0]
         raise UsageError(f"{dotted(loc)}: {msg}") from None
-
-
-def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 class _LineObserver:
@@ -105,9 +100,8 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], gi
         obs.prefix = f"[{host}, block {p.block}, plan entry {p.index + 1}] "
         obs.phase(p.cell.environment, "started" if what == "start" else f"done ({what})")
 
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        with open_store(store) as st:
+        with interrupt_on_sigterm(), open_store(store) as st:
             if address is not None:
                 from memgap.fleet.driver import run_fleet_study
 
@@ -119,8 +113,6 @@ def run_experiment(ctx: typer.Context, path: Path, params: Mapping[str, Any], gi
         raise Interrupted(
             f"interrupted; the run in progress was recorded as interrupted. Resume with: {again}"
         ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if params.get("as_json"):
         sys.stdout.write(json.dumps({"store": str(store), **out.to_dict()}, indent=2, default=str) + "\n")
         return 0

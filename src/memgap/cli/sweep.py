@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from memgap.analysis.sweep_curves import SweepPoint, knees
-from memgap.cli.run import _sigterm_as_interrupt
+from memgap.cli.interrupt import interrupt_on_sigterm
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
 from memgap.envs import ENVIRONMENTS, make_environment
 from memgap.errors import Interrupted, UsageError
@@ -230,10 +229,9 @@ def sweep_command(
         "environment": environment.name, "slo": slo_obj.to_dict(), "slo_text": slo_obj.describe(),
         "tokens_per_request": per_request, "parallel": parallel,
     }  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     rows: list[dict[str, Any]] = []
     try:
-        with open_store(store) as st:
+        with interrupt_on_sigterm(), open_store(store) as st:
             err.print(f"memgap: sweep {settings.sweep_id}: {len(points)} points, {environment.name}", markup=False)
             engines = [o.engine for o in map(options, points)]
             small = sorted({(o.ctx_size, o.parallel) for o in engines
@@ -256,8 +254,6 @@ def sweep_command(
                 result["saturation_search"] = {**sat.to_dict(), "attainment": slo_attainment, "points": sat_rows}
     except KeyboardInterrupt:
         raise Interrupted("interrupted; finished points are stored, the one in progress was recorded as failed") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     x_label = "rate" if rates else "concurrency"
     result["points"] = rows
