@@ -18,6 +18,7 @@ every older version):
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +28,11 @@ from memgap.errors import StoreError
 from memgap.nested import value_at
 
 RECORD_VERSION = 2
+
+
+def utc_timestamp() -> str:
+    """Now, as every timestamp memgap stores is written: ISO 8601 in UTC, milliseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class _Open(BaseModel):

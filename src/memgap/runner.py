@@ -8,7 +8,6 @@ stop the caller -- and even then everything the run created is removed first."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import socket
 import subprocess
 import tempfile
@@ -33,7 +32,7 @@ from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
 from memgap.memory import memory_summary
-from memgap.record import RECORD_VERSION, RunRecord
+from memgap.record import RECORD_VERSION, RunRecord, utc_timestamp
 from memgap.sampler import Sampler
 from memgap.selfdriven import StepsOutcome, run_steps
 from memgap.series import MemorySeries
@@ -76,10 +75,6 @@ class EngineFailed(Exception):
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def free_port(host: str) -> int:
@@ -217,7 +212,7 @@ def perform_run(
     env = environment or make_environment(spec.environment)
     env.check()  # privileges and tools: a typed error before anything is created
     run_id = new_run_id()
-    created_at = _now()
+    created_at = utc_timestamp()
     attach = spec.environment.attach
     model = model_identity(any_engine, required=attach is None)
     if getattr(any_engine, "self_driven", False):
@@ -472,7 +467,7 @@ def build_record(
         "study_id": config.study_id,
         "label": config.label,
         "created_at": created_at,
-        "finished_at": _now(),
+        "finished_at": utc_timestamp(),
         "environment": config.environment.name,
         "environment_info": {**env.describe(), **(env_run_info or {})},
         "engine": engine.name,

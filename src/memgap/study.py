@@ -34,6 +34,7 @@ from memgap.matrix import (
     page_cache_action,
     plan_runs,
 )
+from memgap.record import utc_timestamp
 from memgap.runner import RunObserver, execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store, StoredRun
@@ -41,10 +42,6 @@ from memgap.store import Store, StoredRun
 INTERRUPTED_PREFIX = "interrupted"
 
 Execute = Callable[..., dict[str, Any]]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def cell_spec(exp: Experiment, cell: Cell) -> RunSpec:
@@ -73,7 +70,7 @@ def open_study(store: Store, exp: Experiment, experiment_path: str | None) -> bo
     """Register the study, or check that a stored one has the same plan. True: resuming."""
     old = store.study(exp.study_id)
     if old is None:
-        store.add_study(exp.study_id, created_at=_now(), experiment_path=experiment_path,
+        store.add_study(exp.study_id, created_at=utc_timestamp(), experiment_path=experiment_path,
                         fingerprint=exp.fingerprint(), plan=exp.plan_settings())
         return False
     if old["fingerprint"] != exp.fingerprint():
@@ -105,7 +102,7 @@ def reconcile(store: Store, study_id: str) -> list[str]:
         else:
             status, note = "interrupted", "memgap stopped during this run (killed or machine restarted); no record"
         store.end_study_run(study_id, plan_index=row["plan_index"], attempt=row["attempt"], status=status,
-                            run_id=run.run_id if run else None, ended_at=_now(), note=note)
+                            run_id=run.run_id if run else None, ended_at=utc_timestamp(), note=note)
         notes.append(f"plan entry {row['plan_index']} (attempt {row['attempt']}): {status}: {note}")
         if run is None and row["cell"].get("host") is None:  # a node's engine died with its Ray task
             notes += leftover_engines(row["started_at"])
@@ -188,7 +185,7 @@ def run_study(
             first = False
             actions["page_cache"] = page_cache(exp.study.page_cache, [engine.model().path])
             attempt = attempts.get(p.index, 0) + 1
-            started = _now()
+            started = utc_timestamp()
             store.start_study_run(exp.study_id, plan_index=p.index, attempt=attempt, block=p.block,
                                   iteration=p.iteration, cell=cell.to_dict(), started_at=started, actions=actions)
             if on_run is not None:
@@ -201,7 +198,7 @@ def run_study(
                 reconcile(store, exp.study_id)
                 raise
             store.end_study_run(exp.study_id, plan_index=p.index, attempt=attempt, status="finished",
-                                run_id=record["run_id"], ended_at=_now())
+                                run_id=record["run_id"], ended_at=utc_timestamp())
             ran.append(record["run_id"])
             if on_run is not None:
                 on_run(p, record["status"])

@@ -18,7 +18,6 @@ written to the store from a node."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from memgap.fleet.faults import NODE_LOST, cause_text, classify, failed_record
 from memgap.fleet.nodes import FleetNode, memgap_nodes, nodes_of, study_hosts
 from memgap.fleet.task import check_node, outcome_from_dict, prepare_node, run_here, run_on_node
 from memgap.matrix import Cell, PlannedRun, plan_runs
+from memgap.record import utc_timestamp as _now
 from memgap.runner import new_run_id
 from memgap.spec import RunSpec
 from memgap.store import Store
@@ -40,10 +40,6 @@ from memgap.study import cell_spec, open_study, reconcile
 
 # on_event(planned run, host, what): what is "start" or the run's status ("ok", "failed")
 OnEvent = Callable[[PlannedRun, str, str], None]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def cell_key(cell: Cell) -> str:

@@ -11,10 +11,10 @@ is memory pressure on that machine, which is what memgap measures."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from memgap.record import RunRecord
+from memgap.record import utc_timestamp as _now
 from memgap.spec import RunSpec
 
 NODE_LOST = "node lost"
@@ -58,10 +58,6 @@ def cause_text(kind: str, detail: str, where: str) -> str:
         return (f"{RAY_OOM} on {where} ({detail}); memgap measures memory pressure, so turn the "
                 "monitor off on memgap nodes (RAY_memory_monitor_refresh_ms=0)")
     return f"on {where}: {detail}"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def failed_record(spec: RunSpec, *, run_id: str, failure: str, host: dict[str, Any] | None,
