@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memgap.analysis.sweep_curves import SweepPoint, point_row, request_from_row
-from memgap.engines.registry import make_engine
+from memgap.engines.registry import engine_for_run
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.load.slo import SLO
@@ -186,10 +186,12 @@ def run_point(
     environment: Environment | None = None,
     observer: RunObserver | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
-    make: Callable[[Any], Any] = make_engine,
+    make: Callable[[RunSpec], Any] = engine_for_run,
 ) -> dict[str, Any]:
     """One run at ``point``, stored like any run (study id = sweep id, point in the label);
-    returns its row, read back from the store."""
+    returns its row, read back from the store. Its engine is made as ``memgap run`` makes
+    it (``make``, registry.engine_for_run): an attached one, or a self-driven one with the
+    point's workload."""
     spec = spec_for(point)
     spec = spec.replace(
         workload=workload_for(point, spec.workload, settings.requests, settings.requests_per_concurrency).to_dict(),
@@ -197,7 +199,7 @@ def run_point(
         study_id=settings.sweep_id,
         slo=settings.slo.describe(),
     )
-    record = execute(spec, store, engine=make(spec.engine), environment=environment, observer=observer)
+    record = execute(spec, store, engine=make(spec), environment=environment, observer=observer)
     run_id = record["run_id"]
     requests = [request_from_row(r) for r in store.requests(run_id)]
     return point_row(point, record, requests, store.series(run_id), settings.slo)
@@ -213,7 +215,7 @@ def run_sweep(
     observer: RunObserver | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
-    make: Callable[[Any], Any] = make_engine,
+    make: Callable[[RunSpec], Any] = engine_for_run,
 ) -> list[dict[str, Any]]:
     """Every point in order; each run is committed when it ends, so an interrupted sweep
     keeps the points it finished."""
@@ -242,7 +244,7 @@ def search_saturation(
     observer: RunObserver | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
-    make: Callable[[Any], Any] = make_engine,
+    make: Callable[[RunSpec], Any] = engine_for_run,
 ) -> tuple[SaturationResult, list[dict[str, Any]]]:
     """The highest request rate at which at least ``attainment`` of the requests meet the
     SLOs, one stored run per rate tried."""

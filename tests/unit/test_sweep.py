@@ -214,7 +214,7 @@ def test_run_sweep_stores_each_point_and_finds_the_knee(store: Store) -> None:
     seen: list[dict[str, Any]] = []
     points = plan_points([1, 2, 4, 8, 16], ctx_sizes=[2048, 6144])
     rows = run_sweep(points, settings, lambda p: base.replace(engine=LlamaCppSpec(ctx_size=p.ctx_size or 1)), store,
-                     on_row=seen.append, execute=execute, make=lambda e: FakeEngine(e.ctx_size, per))  # fmt: skip
+                     on_row=seen.append, execute=execute, make=lambda s: FakeEngine(s.engine.ctx_size, per))  # fmt: skip
     assert seen == rows and len(rows) == 10
     stored = store.runs(where={"study_id": "sweep-test"})
     assert len(stored) == 10 and stored[0].label == "sweep-test c=1 ctx=2048"
@@ -243,7 +243,7 @@ def test_search_saturation_runs_until_the_slo_breaks(store: Store) -> None:
     execute = FakeExecute()
     res, rows = search_saturation(
         settings, lambda p: base, store, concurrency=8, ctx_size=1024,
-        lo=0.5, hi=16.0, steps=4, attainment=0.9, execute=execute, make=lambda e: FakeEngine(1024, 256),
+        lo=0.5, hi=16.0, steps=4, attainment=0.9, execute=execute, make=lambda s: FakeEngine(1024, 256),
     )  # 4 slots: a rate above 4 (load ceil(rate)) misses the TTFT objective
     assert res.bounded and res.best_rate_per_s is not None and 3.0 <= res.best_rate_per_s <= 4.0
     assert len(rows) == 6 == len(store.runs(where={"study_id": "sweep-sat"}))
@@ -251,3 +251,35 @@ def test_search_saturation_runs_until_the_slo_breaks(store: Store) -> None:
     with pytest.raises(UsageError, match="needs an SLO"):
         search_saturation(SweepSettings(base=base), lambda p: base, store, concurrency=8,
                           ctx_size=None, lo=1, hi=2, steps=1, attainment=0.9, execute=execute)  # fmt: skip
+
+
+class _Made(Exception):
+    """Stops a point once its engine is made: what the test looks at."""
+
+
+def _made_engine(base: RunSpec, store: Store, point: SweepPoint) -> Any:
+    def execute(cfg: RunSpec, store: Store, *, engine: Any, **kw: Any) -> dict[str, Any]:
+        raise _Made(engine)
+
+    with pytest.raises(_Made) as made:
+        run_sweep([point], SweepSettings(base=base, sweep_id="sweep-made"), lambda p: base, store, execute=execute)
+    return made.value.args[0]
+
+
+def test_a_points_engine_is_made_as_a_run_makes_it(store: Store) -> None:
+    """registry.engine_for_run: an attached engine is not launched, and trtllm-bench drives
+    the point's own workload (its concurrency and requests), not a default load."""
+    from memgap.engines.attached import AttachedEngine
+    from memgap.engines.trtllm import TrtllmBench
+
+    attached = RunSpec.model_validate({"environment": {"name": "attached", "attach": {"url": "http://127.0.0.1:9"}}})
+    assert isinstance(_made_engine(attached, store, SweepPoint(2, None, None)), AttachedEngine)
+    bench = RunSpec.model_validate({
+        "engine": {"kind": "trtllm", "mode": "bench", "model": "org/tiny"},
+        "environment": {"name": "docker", "container": {"image": "trtllm:test"}},  # an image brings its own engine
+        "workload": {"prompt_tokens": 96, "output_tokens": 32},
+    })
+    engine = _made_engine(bench, store, SweepPoint(6, None, None))
+    assert isinstance(engine, TrtllmBench)
+    assert (engine.load.concurrency, engine.load.num_requests, engine.load.input_len, engine.load.output_len) == (
+        6, 18, 96, 32)  # 3 requests per unit of concurrency

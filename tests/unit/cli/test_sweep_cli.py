@@ -60,8 +60,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
     runs = FakeRuns()
 
     class Engine:
-        def __init__(self, opts: Any) -> None:
-            self.opts = opts
+        def __init__(self, spec: RunSpec) -> None:
+            self.opts = spec.engine
 
     real_run, real_search = sweep_mod.run_sweep, sweep_mod.search_saturation
     monkeypatch.setattr(cli_sweep, "run_sweep", lambda *a, **k: real_run(*a, **k, execute=runs, make=Engine))
