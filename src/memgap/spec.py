@@ -228,12 +228,18 @@ class AttachSpec(_Model):
     cgroup: Path | None = None
     engine_log: Path | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        # On the field, so the error names environment.attach.url (the --attach flag).
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r}: expected http://HOST:PORT")
+        return v
+
     @model_validator(mode="after")
     def _one_target(self) -> AttachSpec:
         if sum(x is not None for x in (self.pid, self.container, self.cgroup)) > 1:
             raise ValueError("give at most one of pid, container, cgroup")
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url {self.url!r}: expected http://HOST:PORT")
         return self
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from memgap.cli.main import main
-from memgap.cli.spec_flags import FLAG_PATHS, parse_set
+from memgap.cli.spec_flags import FLAG_PATHS, build_spec, parse_set
 from memgap.errors import UsageError
 from memgap.spec import RunSpec
 
@@ -181,6 +181,15 @@ def test_errors_name_the_flag_and_the_field(args: list[str], needle: str, capsys
     assert main(["run", "--print-spec", "--env", "native", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_malformed_attach_url_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--print-spec", "--attach", "localhost:8000"]) == 2
+    err = capsys.readouterr().err
+    assert "--attach (environment.attach.url): 'localhost:8000': expected http://HOST:PORT" in err, err
+    doc = {"environment": {"name": "attached", "attach": {"url": "ftp://h:1"}}}
+    with pytest.raises(UsageError, match=r"^spec: environment\.attach\.url: 'ftp://h:1': expected http://HOST:PORT$"):
+        build_spec(doc)
 
 
 def test_bad_spec_file_names_the_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
