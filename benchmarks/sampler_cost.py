@@ -42,8 +42,8 @@ from pathlib import Path
 import psutil
 
 from memgap.collect.cgroup import CgroupRef, memory_cgroup_of
-from memgap.native_loop import native_module
 from memgap.sampler import Sampler, SamplerConfig
+from memgap.sampler.native import native_module
 
 RATES = (10, 50, 100)
 

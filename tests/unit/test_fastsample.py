@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memgap.collect.keyed import CG_STAT_KEYS, MEMINFO_KEYS, STATUS_KEYS, lookup
-from memgap.native_loop import native_module
 from memgap.sampler import Sampler, SamplerConfig
+from memgap.sampler.native import native_module
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 fs = native_module()

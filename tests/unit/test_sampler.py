@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from memgap.collect.cgroup import CgroupRef
-from memgap.native_loop import native_module
 from memgap.sampler import Sampler, SamplerConfig
+from memgap.sampler.native import native_module
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT_PID = 14847  # the pid in fixtures/proc/v1host/stat

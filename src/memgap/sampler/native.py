@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import array
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from memgap.collect.cgroup import CgroupRef
-from memgap.collect.fastread import FileReader
 from memgap.collect.keyed import CG_STAT_KEYS, MEMINFO_KEYS, STATUS_KEYS
+from memgap.sampler.rows import Row, append, fill_cgroup_stat, fill_host, fill_processes, new_row
+from memgap.series import COLUMNS, MemorySeries
 
 # What a totals-only row holds (see SamplerConfig.full_rate_hz).
 FAST_COLUMNS = ("t_s", "cgroup_usage_bytes", "process_rss_bytes", "process_count")
@@ -28,11 +30,6 @@ def native_module() -> Any | None:
         return importlib.import_module("memgap._fastsample")
     except ImportError:
         return None
-
-
-def fd_or_minus_one(reader: FileReader | None) -> int:
-    fd = reader.fileno() if reader is not None else None
-    return -1 if fd is None else fd
 
 
 class NativeLoop:
@@ -54,6 +51,7 @@ class NativeLoop:
             sources.append((str(cgroup.path / f.stat), mod.KV, self.cg_first + self.cg_fallback, True, False))
             if f.kmem is not None:
                 sources.append((str(cgroup.path / f.kmem), mod.SINGLE, (), True, False))
+        self.cgroup = cgroup
         self.has_cgroup = cgroup is not None
         self.has_kmem = cgroup is not None and cgroup.files.kmem is not None
         full_every = max(1, round(rate_hz / full_rate_hz)) if full_rate_hz > 0 else 1
@@ -105,3 +103,56 @@ class NativeLoop:
         t_ns = r[0]
         assert t_ns is not None
         return t_ns, bool(r[1]), host, usage, stat, kmem, status, r[i] or 0, r[i + 1]
+
+    def append_rows(self, raw: array.array[int], series: MemorySeries, t0: float,
+                    note: Callable[[str], None]) -> int | None:
+        """Drained rows into the series' columns (``t0``: the monotonic start, in s);
+        returns the largest VmHWM of the full rows, None where none had one."""
+        cols = series.columns
+        # Totals-only rows (most of them at high rates) go straight into the columns: no
+        # per-row dict, no parsing -- this loop is the Python side's whole per-sample cost.
+        fast_none = [cols[c] for c in COLUMNS if c not in FAST_COLUMNS]
+        t_col, usage_col, rss_col, count_col = (cols[c] for c in FAST_COLUMNS)
+        iu, ic, ir, missing = self.i_usage, self.i_count, self.i_resident, self.missing
+        n = self.row_len
+        nrows = len(raw) // n
+        full = raw[1::n].tolist()
+        hwm: int | None = None
+        i = 0
+        while i < nrows:
+            if full[i]:
+                row, row_hwm = self.full_row(raw[i * n:(i + 1) * n].tolist(), t0, series, note)
+                append(series, row)
+                if row_hwm is not None:
+                    hwm = max(hwm or 0, row_hwm)
+                i += 1
+                continue
+            j = i
+            while j < nrows and not full[j]:
+                j += 1
+            seg = raw[i * n:j * n]  # a run of totals-only rows, column by column
+            t_col.extend(round(v / 1e9 - t0, 6) for v in seg[0::n])
+            usage_col.extend([None] * (j - i) if iu is None else
+                             [None if v == missing else v for v in seg[iu::n]])
+            counts = seg[ic::n].tolist()
+            count_col.extend(counts)
+            rss_col.extend(v if c and v != missing else None for v, c in zip(seg[ir::n], counts, strict=True))
+            nones = [None] * (j - i)
+            for col in fast_none:
+                col.extend(nones)
+            i = j
+        return hwm
+
+    def full_row(self, r: list[int], t0: float, series: MemorySeries,
+                 note: Callable[[str], None]) -> tuple[Row, int | None]:
+        """A full tick's row, and the tree's VmHWM where it was read."""
+        t_ns, _full, host, usage, stat, kmem, status, seen, _resident = self.split(r)
+        row = new_row(t_ns / 1e9 - t0)
+        if not fill_host(row, host, series):
+            note("host: /proc/meminfo unreadable or without MemTotal/MemFree")
+        if self.cgroup is not None:
+            row["cgroup_usage_bytes"] = usage
+            if stat or kmem is not None:
+                fill_cgroup_stat(row, self.cgroup.files, stat, kmem)
+        fill_processes(row, status, seen)
+        return row, status.get("VmHWM") if seen else None
