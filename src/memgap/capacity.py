@@ -447,12 +447,15 @@ class CapacitySettings:
     arms: tuple[Arm, ...]
     slo: str  # SLO text (parse_slo)
     search: SearchSettings
-    requests: int | None = None  # per point; None: requests_per_load x load (at least MIN_POINT_REQUESTS)
+    requests: int | None = None  # per point; None: requests_per_load x load (at least min_requests)
     requests_per_load: int = 2
     concurrency_cap: int | None = None  # rate searches: the client's cap on requests in flight
     parallel: str = "fit"  # llama.cpp slots: 'fit' (ctx // tokens per request) or a number
+    min_requests: int = 4  # per point, whatever the load
 
     def __post_init__(self) -> None:
+        if self.min_requests < 1 or self.requests_per_load < 1 or (self.requests is not None and self.requests < 1):
+            raise UsageError("requests per point, per unit of load and at least per point must be >= 1")
         names = [a.name for a in self.arms]
         if not names or len(set(names)) != len(names):
             raise UsageError(f"a capacity search needs distinct arms (environment and KV budget), got {names}")
@@ -461,28 +464,25 @@ class CapacitySettings:
         return {"capacity_id": self.capacity_id, "base": dict(self.base), "arms": [a.to_dict() for a in self.arms],
                 "slo": self.slo, "search": self.search.to_dict(), "requests": self.requests,
                 "requests_per_load": self.requests_per_load, "concurrency_cap": self.concurrency_cap,
-                "parallel": self.parallel}  # fmt: skip
+                "parallel": self.parallel, "min_requests": self.min_requests}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CapacitySettings:
         return cls(d["capacity_id"], d["base"], tuple(Arm.from_dict(a) for a in d["arms"]), d["slo"],
                    SearchSettings.from_dict(d["search"]), d.get("requests"), d.get("requests_per_load", 2),
-                   d.get("concurrency_cap"), d.get("parallel", "fit"))  # fmt: skip
+                   d.get("concurrency_cap"), d.get("parallel", "fit"), d.get("min_requests", 4))  # fmt: skip
 
     def fingerprint(self) -> str:
         body = {k: v for k, v in self.to_dict().items() if k != "capacity_id"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-MIN_POINT_REQUESTS = 4
-
-
 def point_requests(settings: CapacitySettings, load: float) -> int:
     """Measured requests at a point: the fixed count, or ``requests_per_load`` per unit of
-    load (so every slot turns over that many times), at least MIN_POINT_REQUESTS."""
+    load (so every slot turns over that many times), at least ``min_requests``."""
     if settings.requests is not None:
         return settings.requests
-    return max(MIN_POINT_REQUESTS, math.ceil(settings.requests_per_load * load))
+    return max(settings.min_requests, math.ceil(settings.requests_per_load * load))
 
 
 def run_label(capacity_id: str, arm: Arm, ladder: Ladder, rung: int) -> str:

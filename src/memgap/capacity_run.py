@@ -17,7 +17,7 @@ from typing import Any
 
 from memgap.analysis.capacity_outcome import CapacityOutcome, outcome_of
 from memgap.capacity import Arm, CapacitySettings, Step, point_requests, run_label
-from memgap.engines.registry import make_engine
+from memgap.engines.registry import engine_for_run
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
 from memgap.runner import RunObserver, execute_run
@@ -76,12 +76,13 @@ def run_capacity(
     observer: RunObserver | None = None,
     on_point: Callable[[Arm, Step, dict[str, Any]], None] | None = None,
     execute: Callable[..., dict[str, Any]] = execute_run,
-    make: Callable[[Any], Any] = make_engine,
+    make: Callable[[RunSpec], Any] = engine_for_run,
     max_points: int | None = None,
 ) -> CapacityOutcome:
     """Run points until every arm's search stops (or ``max_points`` were run here); each
     run is committed when it ends. ``spec_for(arm)``: the arm's spec (environment, KV
-    budget) before the load is set."""
+    budget) before the load is set. ``make``: the point's engine, made as a run makes it
+    (registry.engine_for_run: an attached engine is not launched)."""
     open_search(store, settings)
     done_here = 0
     while True:
@@ -93,7 +94,7 @@ def run_capacity(
         assert nxt.step.rung is not None
         spec = point_spec(settings, spec_for(nxt.arm), nxt.arm, nxt.step.rung)
         env = (environments or {}).get(nxt.arm.environment)
-        record = execute(spec, store, engine=make(spec.engine), environment=env, observer=observer)
+        record = execute(spec, store, engine=make(spec), environment=env, observer=observer)
         done_here += 1
         if on_point is not None:
             on_point(nxt.arm, nxt.step, record)

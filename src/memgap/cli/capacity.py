@@ -85,7 +85,7 @@ def points_table(arm: dict[str, Any]) -> Table:
         s = r["signals"]
         t.add_row(_f(r["load"], "g"), str(r["runs"]), "yes" if r["meets"] else "no", _f(r["pass_probability"], ".2f"),
                   *(_f(r["observed"].get(k)) for k in keys), _f(s.get("engine_waiting_peak"), "g"),
-                  _f(None if s.get("kv_usage_peak") is None else 100 * s["kv_usage_peak"], ".0f") + "%",
+                  "-" if s.get("kv_usage_peak") is None else f"{100 * s['kv_usage_peak']:.0f}%",
                   _f(s.get("preemptions"), "g"))  # fmt: skip
     return t
 
@@ -162,6 +162,7 @@ def capacity_command(
     concurrency: Annotated[int | None, typer.Option(help="Rate searches: the client's cap on requests in flight (default: --high rounded up).", show_default=False)] = None,
     requests: Annotated[int | None, typer.Option(help="Measured requests per point (default: --requests-per-load x load, at least 4).", show_default=False)] = None,
     requests_per_load: Annotated[int, typer.Option(help="Without --requests: requests per unit of concurrency (rate: seconds of arrivals).")] = 2,
+    min_requests: Annotated[int, typer.Option(help="Without --requests: at least this many per point.")] = 4,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length in tokens (memgap plan --kv-bound-at proposes one).")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Output tokens per request.")] = 192,
     warmup: Annotated[int, typer.Option(help="Warm-up requests per point, not counted.")] = 1,
@@ -185,7 +186,7 @@ def capacity_command(
 ) -> int:
     """Search the highest load meeting an SLO per environment and KV budget, with an interval,
     beside plan's predicted concurrency; every point a stored run, resumable."""
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if resume is not None:
         with open_store(store) as st:
             stored = st.capacity_search(resume)
@@ -284,7 +285,8 @@ def _settings_from_flags(f: dict[str, Any]) -> CapacitySettings:
     cap = f["concurrency"] if f["concurrency"] is not None else int(-(-f["high"] // 1))
     return CapacitySettings(new_capacity_id(f["name"]), base.to_dict(), arms, slo_obj.describe(), search,
                             requests=f["requests"], requests_per_load=f["requests_per_load"],
-                            concurrency_cap=cap if f["load"] == "rate" else None, parallel=f["parallel"])  # fmt: skip
+                            concurrency_cap=cap if f["load"] == "rate" else None, parallel=f["parallel"],
+                            min_requests=f["min_requests"])  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
