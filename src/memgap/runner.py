@@ -114,7 +114,7 @@ def wait_ready(
 
 
 def _metrics_fetcher(url: str) -> Callable[[], str | None]:
-    client = httpx.Client(timeout=0.5)
+    client = httpx.Client(timeout=5.0)  # fetched off the sampling loop (sampler.sparse); vLLM answers slowly under load
 
     def fetch() -> str | None:
         try:

@@ -164,3 +164,28 @@ def test_engine_queue_kv_usage_and_preemptions_from_metrics(tmp_path: Path, nati
     c = s.stop().columns
     assert (c["kv_usage_ratio"][-1], c["requests_running"][-1], c["requests_waiting"][-1]) == (0.75, 3.0, 2.0)
     assert c["preemptions_total"][-1] == 5.0
+
+
+def test_a_slow_metrics_endpoint_does_not_stall_sampling(tmp_path: Path, native: bool) -> None:
+    """Under load vLLM took up to 1.3 s to answer /metrics here: the fetch runs in a thread
+    of its own once the sampler starts, and its readings still land in the series."""
+    proc = make_proc(tmp_path)
+    calls = []
+
+    def slow() -> str:
+        calls.append(time.monotonic())
+        time.sleep(0.4)
+        return "vllm:kv_cache_usage_perc{engine=\"0\"} 0.25\n"
+
+    s = Sampler(ROOT_PID, None, SamplerConfig(rate_hz=20, metrics_interval_s=0.1, native=native), proc_root=proc,
+                metrics_fetch=slow, gpu_read=None)  # fmt: skip
+    s.start()
+    time.sleep(1.5)
+    s.mark("end")
+    t = time.monotonic()
+    c = s.stop().columns
+    assert time.monotonic() - t < 1.0  # stop waits for at most the fetch in flight
+    assert [u for u in c["kv_usage_ratio"] if u is not None][:1] == [0.25]
+    assert len(calls) >= 2
+    # 20 Hz for 1.5 s, not one row per 0.4 s fetch
+    assert len(c["t_s"]) >= 15

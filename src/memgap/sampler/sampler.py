@@ -64,6 +64,7 @@ class Sampler:
     def start(self) -> None:
         self._t0 = time.monotonic()
         self.sample()
+        self._sparse.start()
         if self._native is not None:
             self._native.fs.start()
             target = self._housekeeping

@@ -4,11 +4,13 @@ own metrics (KV usage, requests running and waiting) and each process's GPU memo
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from memgap.collect.engine_metrics import engine_metrics
+from memgap.collect.engine_metrics import EngineMetrics, engine_metrics
 from memgap.collect.nvml import NvmlProcessMemory
 from memgap.collect.process import ProcessKey, read_smaps_rollup
 from memgap.sampler.rows import Row
@@ -47,12 +49,30 @@ class SparseReadings:
         self._smaps_at = -1e9
         self._metrics_at = -1e9
         self._gpu_at = -1e9
+        self._metrics_lock = threading.Lock()
+        self._metrics_latest: EngineMetrics | None = None
+        self._metrics_stop = threading.Event()
+        self._metrics_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """From now on the engine's metrics are fetched in a thread of their own, each
+        reading going onto the next row: under load an engine answers /metrics slowly
+        (vLLM on 2 busy cores: 0.2-1.3 s), and fetching in the sampling loop stalled it
+        and, with a short timeout, read nothing while requests ran. Without ``start``
+        (tests driving ``sample``) the fetch stays in the loop."""
+        if self.metrics_fetch is None or self._metrics_thread is not None:
+            return
+        self._metrics_thread = threading.Thread(target=self._fetch_loop, name="memgap-metrics", daemon=True)
+        self._metrics_thread.start()
 
     def due(self, t: float) -> bool:
         """Whether any sparse column is due at ``t``."""
         c = self.config
-        return (t - self._smaps_at >= c.smaps_interval_s
-                or (self.metrics_fetch is not None and t - self._metrics_at >= c.metrics_interval_s)
+        if self._metrics_thread is not None:
+            metrics_due = self._metrics_latest is not None
+        else:
+            metrics_due = self.metrics_fetch is not None and t - self._metrics_at >= c.metrics_interval_s
+        return (t - self._smaps_at >= c.smaps_interval_s or metrics_due
                 or (self._gpu_read is not None and t - self._gpu_at >= c.gpu_interval_s))
 
     def read(self, row: Row, t: float, tree: Sequence[ProcessKey], *, processes_seen: bool) -> None:
@@ -64,6 +84,9 @@ class SparseReadings:
         self._read_gpu(row, t, tree)
 
     def close(self) -> None:
+        self._metrics_stop.set()
+        if self._metrics_thread is not None:
+            self._metrics_thread.join(timeout=15.0)  # one fetch, bounded by the fetcher's timeout
         if self._nvml_reader is not None:
             self._nvml_reader.close()
 
@@ -94,17 +117,38 @@ class SparseReadings:
         row["gpu_process_used_bytes"] = None if any(v is None for v in present) else sum(
             v for v in present if v is not None)
 
-    def _read_metrics(self, row: Row, t: float) -> None:
-        if self.metrics_fetch is None or t - self._metrics_at < self.config.metrics_interval_s:
-            return
-        self._metrics_at = t
+    def _fetch(self) -> EngineMetrics | None:
+        assert self.metrics_fetch is not None
         text = self.metrics_fetch()
         if text is None:
-            return
+            return None
         try:
-            m = engine_metrics(text)
+            return engine_metrics(text)
         except Exception as e:  # noqa: BLE001 - a bad reading is noted, never fatal
             self._note(f"metrics: {e}")
+            return None
+
+    def _fetch_loop(self) -> None:
+        while not self._metrics_stop.is_set():
+            started = time.monotonic()
+            m = self._fetch()
+            if m is not None:
+                with self._metrics_lock:
+                    self._metrics_latest = m
+            self._metrics_stop.wait(max(self.config.metrics_interval_s - (time.monotonic() - started), 0.01))
+
+    def _read_metrics(self, row: Row, t: float) -> None:
+        if self.metrics_fetch is None:
+            return
+        if self._metrics_thread is not None:
+            with self._metrics_lock:
+                m, self._metrics_latest = self._metrics_latest, None
+        elif t - self._metrics_at < self.config.metrics_interval_s:
+            return
+        else:
+            self._metrics_at = t
+            m = self._fetch()
+        if m is None:
             return
         row["kv_usage_ratio"] = m.kv_usage_ratio
         row["requests_running"] = m.requests_running
