@@ -313,7 +313,7 @@ def perform_run(
     if failure is None and summary is not None and summary.requests_ok == 0:
         kinds = ", ".join(f"{k} x{n}" for k, n in summary.errors_by_kind.items())
         failure = f"all {summary.requests_errored} requests failed ({kinds})"
-    failure, env_run_info = after_run(failure, interrupted=interrupted, engine=engine.name, report=report.to_dict(), log_text=log_text, cgroup_final=cgroup_final, env_info=env_run_info, series=series, created_at=created_at, exit_status=exit_status)  # what memgap diagnosed (issue 14)
+    failure, env_run_info = after_run(failure, interrupted=interrupted, engine=engine.name, report=report.to_dict(), log_text=log_text, cgroup_final=cgroup_final, env_info={"name": environment_name, **env_run_info}, series=series, created_at=created_at, exit_status=exit_status)  # what memgap diagnosed (issue 14)
     status = "ok" if failure is None else "failed"
 
     if attach is not None:
