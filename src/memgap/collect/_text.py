@@ -50,14 +50,15 @@ def kb_value(rest: str, source: str, lineno: int) -> int:
     )
 
 
-def read_optional(path: Path) -> str | None:
-    """Text of a file, or None when it is absent or unreadable.
+def read_optional(path: Path | str, *, dir_fd: int | None = None) -> str | None:
+    """Text of a file, or None when it is absent or unreadable (``dir_fd``: ``path`` is
+    relative to that open folder, as os.open takes it).
 
     cgroup files vanish with their cgroup (ENOENT, ENODEV), some exist only on newer
     kernels, and some are refused by configuration (kmem with ``cgroup.memory=nokmem``):
     each of those is "unknown", not an error and not 0."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
     except OSError:
         return None
     try:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from memgap.collect._text import kb_value, parse_int, parse_kb_fields
+from memgap.collect._text import kb_value, parse_int, parse_kb_fields, read_optional
 from memgap.collect.errors import CollectorParseError
 
 
@@ -247,32 +247,16 @@ def _read_verified(key: ProcessKey, proc_root: Path, name: str) -> tuple[str, st
     except OSError:
         return None
     try:
-        stat_text = _read_at(dir_fd, "stat")
+        stat_text = read_optional("stat", dir_fd=dir_fd)
         if stat_text is None:
             return None
         st = parse_stat(stat_text, str(pid_dir / "stat"))
         if st.start_ticks != key.start_ticks:
             return None
-        text = _read_at(dir_fd, name)
+        text = read_optional(name, dir_fd=dir_fd)
         return None if text is None else (text, str(pid_dir / name))
     finally:
         os.close(dir_fd)
-
-
-def _read_at(dir_fd: int, name: str) -> str | None:
-    try:
-        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def read_status(key: ProcessKey, proc_root: Path = Path("/proc")) -> ProcStatus | None:
