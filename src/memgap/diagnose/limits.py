@@ -103,10 +103,11 @@ def vllm_cpu_rule(a_records: Sequence[Mapping[str, Any]], b_records: Sequence[Ma
     gave the sizing line."""
     sides = []
     for recs in (a_records, b_records):
-        s = [x for r in recs if (x := cpu_sizing(r)) is not None]
-        if not s or len(s) != len(recs):
+        pairs = [(x, r) for r in recs if (x := cpu_sizing(r)) is not None]
+        if not pairs or len(pairs) != len(recs):
             return None
-        sides.append((s[len(s) // 2], recs[len(s) // 2]))
+        pairs.sort(key=lambda p: p[0].kv_bytes)  # each side by its median run (by KV size)
+        sides.append(pairs[len(pairs) // 2])
     (sa, ra), (sb, rb) = sides
     fits = [rule_fits(sa), rule_fits(sb)]
     la, la_src = memory_limit(ra)
