@@ -14,7 +14,7 @@ from memgap.collect.cgroup import CgroupRef
 from memgap.sampler import Sampler, SamplerConfig
 from memgap.sampler.native import native_module
 
-FIX = Path(__file__).resolve().parent.parent / "fixtures"
+FIX = Path(__file__).resolve().parents[2] / "fixtures"
 ROOT_PID = 14847  # the pid in fixtures/proc/v1host/stat
 CHILD_PID = 14900
 

@@ -13,7 +13,7 @@ from memgap.collect.keyed import CG_STAT_KEYS, MEMINFO_KEYS, STATUS_KEYS, lookup
 from memgap.collect.meminfo import parse_meminfo
 from memgap.collect.process import parse_status
 
-FIX = Path(__file__).resolve().parent.parent / "fixtures"
+FIX = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def test_meminfo_matches_the_parser() -> None:
