@@ -67,11 +67,11 @@ def nanpercentile_rows() -> Iterator[None]:
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.asarray(np.nanpercentile(values, q, axis=1))
 
-    cap.row_percentile = slow  # type: ignore[assignment]
+    cap.row_percentile = slow
     try:
         yield
     finally:
-        cap.row_percentile = real  # type: ignore[assignment]
+        cap.row_percentile = real
 
 
 def main() -> None:
