@@ -1,0 +1,57 @@
+"""A capacity search read back (memgap.analysis.capacity_outcome): plan's prediction from a
+run's own record, the diagnosis and the comparison of arms, preemptions from the series."""
+
+from __future__ import annotations
+
+from memgap.analysis.capacity_outcome import (
+    ArmOutcome,
+    compare_arms,
+    diagnose,
+    predict,
+    preemptions,
+)
+from memgap.capacity import Arm, Ladder, SearchSettings, Trial, estimate, next_step
+from memgap.load.records import RequestRecord
+from memgap.load.slo import parse_slo
+
+SLO = parse_slo("ttft_p99_s<=2,errors<=0%")
+
+
+def req(i: int, ttft: float) -> RequestRecord:
+    return RequestRecord(i, False, 0.0, 0.0, ttft, (0.02,) * 7, ttft + 1.0, 8, 8, 64, 200, None)
+
+
+def test_prediction_reads_the_runs_own_budget() -> None:
+    llama = {"status": "ok", "engine_report": {"kv_cache_tokens": 3072}, "engine_options": {"parallel": 12},
+             "spec": {"engine": {"kind": "llamacpp"}}}  # fmt: skip
+    p = predict(llama, 256)
+    assert (p.kv_sequences, p.slots, p.predicted, p.binds) == (12, 12, 12, "kv")
+    assert predict({**llama, "engine_options": {"parallel": 4}}, 256).binds == "slots"
+    vllm = {"status": "ok", "engine_report": {"kv_cache_tokens": 4096, "kv_cache_blocks": 256},
+            "spec": {"engine": {"kind": "vllm", "max_num_seqs": None}}}  # fmt: skip
+    v = predict(vllm, 200)
+    assert (v.block_size, v.kv_sequences, v.predicted, v.binds) == (16, 19, 19, "kv")
+    assert predict({"engine_report": {}}, 256).predicted is None
+
+
+def test_comparison_of_arms_without_a_boundary() -> None:
+    s = SearchSettings(Ladder("concurrency", 1, 8, 1))
+    # every load on the ladder met the SLO: the boundary is at its top or above
+    trials = [Trial(r, f"r{r}", tuple(req(i, 0.5) for i in range(4))) for r in (0, 1, 3, 7)]
+    est = estimate(trials, SLO, s)
+    step = next_step(est, s)
+    a = ArmOutcome(Arm("native", 1024), step, est, predict({"status": "ok", "engine_report": {"kv_cache_tokens": 1024},
+                   "engine_options": {"parallel": 4}}, 256), {})  # fmt: skip
+    b = ArmOutcome(Arm("native", 3072), step, est, None, {})
+    c = compare_arms(a, b)
+    assert c["predicted_a_over_b"] is None and c["measured_a_over_b"] == 1.0
+    d = diagnose(est, a.prediction, SLO)
+    assert d["why"].startswith("the SLO held up to the top of the ladder (8)")
+    assert diagnose(est, None, SLO)["why"].startswith("no prediction")
+
+
+def test_preemptions_rise_over_the_workload() -> None:
+    series = {"marks": {"ready": 1.0, "end": 3.0},
+              "columns": {"t_s": [0.0, 1.0, 2.0, 3.0, 4.0], "preemptions_total": [9.0, 10.0, None, 14.0, 20.0]}}
+    assert preemptions(series) == 4.0 and preemptions(None) is None
+    assert preemptions({"columns": {"t_s": [0.0]}, "marks": {}}) is None

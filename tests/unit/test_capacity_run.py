@@ -1,0 +1,193 @@
+"""Capacity searches through the store (memgap.capacity_run): two KV budgets, arms taking
+turns, a killed search resumed, settings stored once, the diagnosis when compute breaks the
+SLO first -- against a fake engine that behaves like a KV-bound llama.cpp server
+(slots = ctx // tokens per request; a request beyond them waits for a whole generation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memgap.analysis.capacity_outcome import capacities_in_store, capacity_outcome
+from memgap.capacity import (
+    Arm,
+    CapacitySettings,
+    Ladder,
+    SearchSettings,
+    arm_of_label,
+    point_requests,
+    run_label,
+)
+from memgap.capacity_run import new_capacity_id, open_search, run_capacity
+from memgap.errors import UsageError
+from memgap.load.records import RequestRecord
+from memgap.load.slo import parse_slo
+from memgap.spec import LlamaCppSpec, RunSpec
+from memgap.store import Store, open_store
+
+SLO_TEXT = "ttft_p99_s<=2,errors<=0%"
+SLO = parse_slo(SLO_TEXT)
+
+
+def req(i: int, ttft: float) -> RequestRecord:
+    return RequestRecord(i, False, 0.0, 0.0, ttft, (0.02,) * 7, ttft + 1.0, 8, 8, 64, 200, None)
+
+
+PER_REQUEST = 256  # prompt 64 + output 192
+
+
+class KvBoundServer:
+    """A stand-in for execute_run: slots = --parallel; a request beyond them in its wave
+    waits a generation (3 s) and the engine reports it waiting; prefill costs 0.05 s per
+    request in flight. Stores the run like the runner does."""
+
+    def __init__(self, crash_at: int | None = None, prefill_s: float = 0.05) -> None:
+        self.specs: list[RunSpec] = []
+        self.crash_at = crash_at
+        self.prefill_s = prefill_s
+
+    def __call__(self, spec: RunSpec, store: Store, *, engine: Any, **kw: Any) -> dict[str, Any]:
+        if self.crash_at is not None and len(self.specs) == self.crash_at:
+            raise KeyboardInterrupt  # killed: nothing stored for this point
+        self.specs.append(spec)
+        assert isinstance(spec.engine, LlamaCppSpec)
+        c, n, slots = spec.workload.concurrency, spec.workload.requests, spec.engine.parallel
+        reqs = [req(i, self.prefill_s * min(c, slots) + (3.0 if i % c >= slots else 0.0)) for i in range(n)]
+        waiting = float(max(0, c - slots))
+        run_id = f"run{len(store.runs()) + 1:03d}"
+        record = {
+            "run_id": run_id, "created_at": f"2026-12-01T00:{len(store.runs()) // 60:02d}:{len(store.runs()) % 60:02d}",
+            "status": "ok", "environment": spec.environment.name, "engine": "llamacpp", "label": spec.label,
+            "study_id": spec.study_id, "spec": spec.to_dict(), "workload": spec.workload.to_dict(),
+            "workload_duration_s": 4.0, "requests_ok": n, "requests_errored": 0,
+            "engine_options": {"parallel": slots, "ctx_size": spec.engine.ctx_size},
+            "engine_report": {"kv_cache_tokens": spec.engine.ctx_size},
+        }  # fmt: skip
+        series = {"rate_hz": 1.0, "marks": {"ready": 0.0, "end": 3.0},
+                  "columns": {"t_s": [0.0, 1.0, 2.0, 3.0], "requests_waiting": [0.0, waiting, waiting, 0.0],
+                              "kv_usage_ratio": [0.0, min(c, slots) / slots, 0.5, 0.0],
+                              "preemptions_total": [0.0, 0.0, 0.0, 0.0]}}  # fmt: skip
+        store.add_run(record, requests=[r.to_dict() for r in reqs], series=series)
+        return record
+
+
+def make_settings(cid: str = "capacity-test", **search: Any) -> CapacitySettings:
+    base = RunSpec.from_dict({"workload": {"prompt_tokens": 64, "output_tokens": 192}})
+    return CapacitySettings(cid, base.to_dict(), (Arm("native", 1024), Arm("native", 3072)), SLO_TEXT,
+                            SearchSettings(Ladder("concurrency", 1, 32, 1), **search))  # fmt: skip
+
+
+def spec_for(settings: CapacitySettings) -> Any:
+    def f(arm: Arm) -> RunSpec:
+        base = RunSpec.from_dict(dict(settings.base)).with_environment(arm.environment)
+        assert arm.ctx_tokens is not None
+        return base.replace(engine=LlamaCppSpec(ctx_size=arm.ctx_tokens, parallel=arm.ctx_tokens // PER_REQUEST))
+    return f
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with open_store(tmp_path / "capacity.db") as st:
+        yield st
+
+
+def test_two_kv_budgets_three_times_apart_give_apart_boundaries(store: Store) -> None:
+    settings_ = make_settings()
+    server = KvBoundServer()
+    seen: list[tuple[str, str]] = []
+    out = run_capacity(settings_, spec_for(settings_), store, execute=server, make=lambda e: e,
+                       on_point=lambda arm, step, rec: seen.append((arm.name, step.reason)))  # fmt: skip
+    assert out.done
+    small, large = out.arms
+    assert small.estimate.to_dict()["boundary"] == 4.0 and large.estimate.to_dict()["boundary"] == 12.0
+    assert (small.estimate.to_dict()["low"], small.estimate.to_dict()["high"]) == (4.0, 4.0)
+    assert (large.estimate.to_dict()["low"], large.estimate.to_dict()["high"]) == (12.0, 12.0)
+    # arms take turns (the one with fewer runs goes next)
+    assert [a for a, _ in seen[:4]] == ["native/ctx=1024", "native/ctx=3072"] * 2
+    # fewer runs than a grid of the same resolution
+    d = out.to_dict()
+    assert d["runs"] == len(server.specs) == len(store.runs()) < d["grid"]["once"] == 64
+    # every point is a stored run of the search, its load, arm and SLO in its spec
+    first = store.runs()[0]
+    assert first.study_id == "capacity-test" and first.label == "capacity-test native/ctx=1024 c=1"
+    assert first.record["spec"]["slo"] == SLO_TEXT and first.record["workload"]["requests"] == 4
+    assert server.specs[4].workload.concurrency == 4 and server.specs[4].workload.requests == 8
+    # plan's prediction from each run's own KV budget agrees, and the ratio reads both ways
+    assert small.prediction is not None and small.prediction.predicted == 4 and small.prediction.binds == "kv"
+    assert large.prediction is not None and large.prediction.predicted == 12
+    assert small.diagnosis["agrees"] and large.diagnosis["agrees"]
+    c = d["comparisons"][0]
+    assert c["predicted_a_over_b"] == pytest.approx(1 / 3) and c["predicted_b_over_a"] == 3.0
+    assert c["measured_a_over_b"] == pytest.approx(1 / 3) and c["measured_b_over_a"] == 3.0
+    assert c["kv_tokens_b_over_a"] == 3.0 and c["intervals_overlap"] is False
+    assert d["sentences"][0].startswith("native/ctx=1024 has 0.33x the KV tokens of native/ctx=3072")
+    # the engine's signals at each point: the queue the small budget built at 5
+    r5 = next(r for r in small.estimate.rungs if r.load == 5.0)
+    assert r5.signals["engine_waiting_peak"] == 1.0 and r5.signals["preemptions"] == 0.0
+    assert "queue peaked at 1" in small.diagnosis["evidence"]
+    # the report rebuilds it from the store alone
+    again = capacities_in_store(store, store.runs())
+    assert list(again) == ["capacity-test"] and again["capacity-test"]["runs"] == d["runs"]
+
+
+def test_a_killed_search_resumes_without_redoing_finished_points(store: Store) -> None:
+    whole = KvBoundServer()
+    with open_store(store.path.with_name("whole.db")) as other:
+        s = make_settings()
+        run_capacity(s, spec_for(s), other, execute=whole, make=lambda e: e)
+    s = make_settings()
+    killed = KvBoundServer(crash_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        run_capacity(s, spec_for(s), store, execute=killed, make=lambda e: e)
+    assert len(store.runs()) == 7
+    # a run stopped by Ctrl-C is stored as failed 'interrupted': it is not a finished point
+    rec = dict(store.runs()[-1].record, run_id="run-int", failure="interrupted (Ctrl-C or SIGTERM)", status="failed",
+               created_at="2026-12-01T00:00:59")  # fmt: skip
+    store.add_run(rec)
+    resumed = KvBoundServer()
+    out = run_capacity(make_settings(), spec_for(s), store, execute=resumed, make=lambda e: e)
+    labels = [x.label for x in whole.specs]
+    assert [x.label for x in killed.specs] + [x.label for x in resumed.specs] == labels
+    assert out.runs == len(labels) and out.done
+
+
+def test_a_search_is_stored_once_and_resumed_only_with_its_own_settings(store: Store) -> None:
+    s = make_settings()
+    assert open_search(store, s) is False and open_search(store, s) is True
+    with pytest.raises(UsageError, match="stored with other settings"):
+        open_search(store, make_settings(tolerance=0))
+    assert capacity_outcome(store, "capacity-test").settings == s
+    with pytest.raises(UsageError, match="no capacity search"):
+        capacity_outcome(store, "capacity-nope")
+    assert new_capacity_id("night") == "capacity-night" == new_capacity_id("capacity-night")
+    assert new_capacity_id().startswith("capacity-")
+    with pytest.raises(UsageError):
+        new_capacity_id("a b")
+
+
+def test_labels_and_point_sizes() -> None:
+    s = make_settings()
+    label = run_label("capacity-x", Arm("sandbox", None, 64 << 20), s.search.ladder, 3)
+    assert label == "capacity-x sandbox/kv=67108864B c=4" and arm_of_label(label, "capacity-x") == "sandbox/kv=67108864B"
+    assert arm_of_label(label, "capacity-y") is None and arm_of_label(None, "capacity-x") is None
+    assert point_requests(s, 1) == 4 and point_requests(s, 7) == 14
+    assert CapacitySettings.from_dict(s.to_dict()) == s and s.fingerprint() == CapacitySettings.from_dict(s.to_dict()).fingerprint()
+    with pytest.raises(UsageError, match="distinct arms"):
+        CapacitySettings("c", {}, (Arm("native", 1), Arm("native", 1)), SLO_TEXT, s.search)
+
+
+def test_diagnosis_names_compute_when_the_slo_breaks_before_kv(store: Store) -> None:
+    # prefill 0.4 s per request in flight: at 6 the 2 s bound breaks, though 12 fit
+    slow = KvBoundServer(prefill_s=0.4)
+    s = CapacitySettings("capacity-slow", make_settings().base, (Arm("native", 3072),), SLO_TEXT,
+                         SearchSettings(Ladder("concurrency", 1, 32, 1)))  # fmt: skip
+    out = run_capacity(s, spec_for(s), store, execute=slow, make=lambda e: e)
+    arm = out.arms[0]
+    assert arm.estimate.load(arm.estimate.boundary_rung) == 5.0
+    assert arm.diagnosis["agrees"] is False
+    why = arm.diagnosis["why"]
+    assert why.startswith("compute-bound: at load 6, below the predicted 12, no request waited in the engine")
+    assert "ttft_p99_s 2.4 > 2" in why
