@@ -279,16 +279,18 @@ class Estimate:
     rungs: tuple[RungSummary, ...]  # tried rungs, by load
     boundary_rung: int | None  # highest rung meeting the SLO below the lowest missing one; None: none met
     first_miss_rung: int | None  # lowest rung missing it; None: every tried rung met it
-    low_rung: int | None  # the interval's ends, in rungs (None: below the ladder)
-    high_rung: int | None  # None: nothing tried yet
+    low_rung: int | None  # the interval's ends, in rungs (None: below the ladder, or nothing tried)
+    high_rung: int | None
     confidence: float
     ladder: Ladder
 
     @property
     def width_rungs(self) -> int | None:
-        if self.high_rung is None:
+        if not self.rungs:
             return None
-        return self.high_rung - (self.low_rung if self.low_rung is not None else -1)
+        below = -1  # the rung under the ladder: "not even the lowest load"
+        return (self.high_rung if self.high_rung is not None else below) - (
+            self.low_rung if self.low_rung is not None else below)
 
     def load(self, rung: int | None) -> float | None:
         return None if rung is None else self.ladder.load(rung)
@@ -353,8 +355,8 @@ def estimate(trials: Sequence[Trial], slo: SLO, settings: SearchSettings) -> Est
     alpha = 1 - settings.confidence
     lo = int(np.quantile(p_rung, alpha / 2, method="lower"))
     hi = int(np.quantile(lowest_miss - 1, 1 - alpha / 2, method="higher"))
-    return Estimate(len(trials), tuple(summaries), boundary, first_miss, lo if lo >= 0 else None, hi,
-                    settings.confidence, ladder)  # fmt: skip
+    return Estimate(len(trials), tuple(summaries), boundary, first_miss, lo if lo >= 0 else None,
+                    hi if hi >= 0 else None, settings.confidence, ladder)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -211,3 +211,11 @@ def test_compute_bound_boundary_comes_before_the_kv_one() -> None:
     # 0.2 s of TTFT per request in flight: the 2 s bound breaks at 11 although 16 fit
     tried, (step, est) = simulate(16, SearchSettings(Ladder("concurrency", 1, 32, 1)), compute_ttft_per_request=0.2)
     assert est.load(est.boundary_rung) == 10.0 and step.reason == "converged"
+
+
+def test_a_failure_at_the_lowest_load_puts_the_interval_below_the_ladder() -> None:
+    s = SearchSettings(Ladder("concurrency", 1, 1, 1))
+    est = estimate([Trial(0, "r0", (), "engine exited with status 1 before it was ready")], SLO, s)
+    assert (est.boundary_rung, est.first_miss_rung, est.low_rung, est.high_rung, est.width_rungs) == (None, 0, None, None, 0)
+    assert est.to_dict()["open_below"] and est.to_dict()["high"] is None
+    assert next_step(est, s).reason == "below"

@@ -175,10 +175,17 @@ def diagnose(est: Estimate, pred: Prediction | None, slo: SLO, agree_rel: float 
     step = est.ladder.step if est.ladder.kind == "concurrency" else p * est.ladder.step
     tol = max(step, agree_rel * p)
     out["tolerance"] = tol
-    if est.high_rung is None:
+    if not est.rungs:
         return out
     lo, hi = est.load(est.low_rung), est.load(est.high_rung)
-    out["agrees"] = (lo is None or lo - tol <= p) and (est.open_above or p <= hi + tol)  # type: ignore[operator]
+    if hi is None:  # even the lowest load missed it
+        out["agrees"] = False
+        bottom = est.rungs[0]
+        failure = next((s for s in (bottom.signals.get("failure"),) if s), None)
+        out["why"] = (f"the SLO failed at the lowest load ({_fmt(bottom.load)}): "
+                      + (f"the run failed: {failure}" if failure else _misses(est, bottom.rung, slo) or "it missed"))
+        return out
+    out["agrees"] = (lo is None or lo - tol <= p) and (est.open_above or p <= hi + tol)
     miss = next((x for x in est.rungs if x.rung == est.first_miss_rung), None)
     waiting = None if miss is None else miss.signals.get("engine_waiting_peak")
     if est.open_above:

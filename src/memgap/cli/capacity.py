@@ -128,6 +128,18 @@ class _Lines:
                            f"TTFT p99 {_f(ttft)} s", markup=False, highlight=False)  # fmt: skip
 
 
+def parse_arm(text: str) -> Arm:
+    """``native``, ``native:1024`` (tokens) or ``sandbox:2MiB`` (KV bytes) -> Arm."""
+    env, _, budget = text.partition(":")
+    if env not in ENVIRONMENTS:
+        raise UsageError(f"--arm {text!r}: unknown environment {env!r} (known: {', '.join(ENVIRONMENTS)})")
+    if not budget:
+        return Arm(env)
+    if budget.isdigit():
+        return Arm(env, ctx_tokens=int(budget))
+    return Arm(env, kv_cache_bytes=parse_size(budget, what=f"--arm {text}"))
+
+
 def _budgets(ctx_size: list[int], ctx_from_run: list[str], kv_cache_memory: list[str], store: Path) -> list[tuple[int | None, int | None]]:
     out: list[tuple[int | None, int | None]] = [(c, None) for c in ctx_size]
     if ctx_from_run:
@@ -147,6 +159,7 @@ def capacity_command(
     ctx_size: Annotated[list[int] | None, typer.Option("--ctx-size", "-c", help="KV budget in tokens, repeatable (llama.cpp's context size; vLLM's block count).")] = None,
     ctx_from_run: Annotated[list[str] | None, typer.Option("--ctx-from-run", help="Add a KV budget: the KV tokens a stored run's engine reported, repeatable.")] = None,
     kv_cache_memory: Annotated[list[str] | None, typer.Option("--kv-cache-memory", help="vLLM: KV cache size (e.g. 64MiB), repeatable: one arm each.")] = None,
+    arm: Annotated[list[str] | None, typer.Option("--arm", help="An arm of its own instead of every --env with every budget: ENV, ENV:TOKENS (llama.cpp's context size; vLLM's blocks) or ENV:SIZE (vLLM's KV size, e.g. sandbox:2MiB), repeatable.")] = None,
     parallel: Annotated[str, typer.Option(help="llama.cpp slots: a number, or 'fit' = ctx-size // (prompt + output), so the KV budget caps the requests served at once.")] = "fit",
     load: Annotated[str, typer.Option(help="What to search: concurrency, or rate (requests per second).")] = "concurrency",
     low: Annotated[float, typer.Option(help="Lowest load on the ladder.")] = 1.0,
@@ -264,9 +277,15 @@ def _settings_from_flags(f: dict[str, Any]) -> CapacitySettings:
     search = SearchSettings(ladder, start=start, tolerance=f["tolerance"], confidence=f["confidence"],
                             repeats=f["repeats"], max_runs=f["max_runs"], bootstrap=f["bootstrap"], seed=f["seed"],
                             attainment=f["attainment"])  # fmt: skip
-    envs = list(dict.fromkeys(f["env"] or ["native"]))
-    budgets = _budgets(f["ctx_size"] or [], f["ctx_from_run"] or [], f["kv_cache_memory"] or [], f["store"])
-    arms = tuple(Arm(e, ctx, kv) for e in envs for ctx, kv in budgets)
+    if f["arm"]:
+        if f["env"] or f["ctx_size"] or f["ctx_from_run"] or f["kv_cache_memory"]:
+            raise UsageError("--arm names each arm: give it instead of --env, --ctx-size, --ctx-from-run and --kv-cache-memory")
+        arms = tuple(parse_arm(a) for a in f["arm"])
+        envs = list(dict.fromkeys(a.environment for a in arms))
+    else:
+        envs = list(dict.fromkeys(f["env"] or ["native"]))
+        budgets = _budgets(f["ctx_size"] or [], f["ctx_from_run"] or [], f["kv_cache_memory"] or [], f["store"])
+        arms = tuple(Arm(e, ctx, kv) for e in envs for ctx, kv in budgets)
     workload = WorkloadSpec(requests=4, prompt_tokens=f["prompt_tokens"], output_tokens=f["output_tokens"],
                             warmup_requests=f["warmup"], timeout_s=f["request_timeout"], seed=f["seed"])  # fmt: skip
     flags = {"engine": f["engine"], "threads": f["threads"], "model": f["model"], "server_path": f["server_path"],

@@ -55,3 +55,14 @@ def test_preemptions_rise_over_the_workload() -> None:
               "columns": {"t_s": [0.0, 1.0, 2.0, 3.0, 4.0], "preemptions_total": [9.0, 10.0, None, 14.0, 20.0]}}
     assert preemptions(series) == 4.0 and preemptions(None) is None
     assert preemptions({"columns": {"t_s": [0.0]}, "marks": {}}) is None
+
+
+def test_a_run_that_failed_at_the_lowest_load_is_the_why() -> None:
+    s = SearchSettings(Ladder("concurrency", 1, 4, 1))
+    trial = Trial(0, "r0", (), "engine exited with status 1 before it was ready",
+                  {"failure": "engine exited with status 1 before it was ready"})
+    est = estimate([trial], SLO, s)
+    pred = predict({"status": "ok", "engine_report": {"kv_cache_tokens": 1024}, "engine_options": {"parallel": 4}}, 256)
+    d = diagnose(est, pred, SLO)
+    assert d["agrees"] is False
+    assert d["why"] == "the SLO failed at the lowest load (1): the run failed: engine exited with status 1 before it was ready"

@@ -119,3 +119,26 @@ def test_dry_run_and_refusals(fake: list[FakeRuns], tmp_path: Path, capsys: pyte
         assert main([*ARGS, *bad, "--store", str(db)]) == 2, bad
         assert why in capsys.readouterr().err
     assert main(["capacity", "--resume", "capacity-nope", "--store", str(db)]) == 2
+
+
+def test_arms_named_one_by_one() -> None:
+    from memgap.capacity import Arm
+    from memgap.cli.capacity import parse_arm
+    from memgap.errors import UsageError
+
+    assert parse_arm("native") == Arm("native")
+    assert parse_arm("sandbox:1024") == Arm("sandbox", ctx_tokens=1024)
+    assert parse_arm("docker:2MiB") == Arm("docker", kv_cache_bytes=2 << 20)
+    for bad in ("moon:1024", "native:lots"):
+        with pytest.raises(UsageError):
+            parse_arm(bad)
+
+
+def test_arm_pairs_an_environment_with_its_own_budget(fake: list[FakeRuns], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["capacity", "--arm", "native:1024", "--arm", "sandbox:3072", *ARGS[5:], "--store", str(tmp_path / "c.db")]
+    assert main([*args, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [(a["arm"], a["predicted"]) for a in plan["arms"]] == [("native/ctx=1024", 4), ("sandbox/ctx=3072", 12)]
+    assert main([*args, "--ctx-size", "2048"]) == 2
+    assert "--arm names each arm" in capsys.readouterr().err
