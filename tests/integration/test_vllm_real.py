@@ -356,28 +356,39 @@ def test_sandbox_limit_is_invisible_to_vllm_and_the_probe_says_so(
 # --- containers ------------------------------------------------------------------------
 
 
-def _services_env() -> dict[str, str]:
-    from test_containers_real import _services_env as env
-
-    return env()
-
-
 @pytest.fixture(scope="module")
 def container_services() -> Iterator[None]:
+    """Docker and Podman answer (as in test_containers_real, whose services.sh reading is
+    shared), with their settings in this process's environment, where the runner's
+    container CLI reads them."""
+    from test_containers_real import _services_env
+
     if os.geteuid() != 0:
         _missing("containers need root")
+    env = _services_env()
+    for tool, args in (("docker", ["version", "--format", "{{.Server.Version}}"]), ("podman", ["info"])):
+        try:
+            p = subprocess.run([tool, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=30,
+                               check=False)
+        except FileNotFoundError:
+            _missing(f"{tool} is not installed (run scripts/services.sh start)")
+        if p.returncode != 0:
+            _missing(f"{tool} does not answer (eval \"$(scripts/services.sh start)\"): {p.stderr.strip()[-200:]}")
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in _services_env().items():
+        for k, v in env.items():
             mp.setenv(k, v)
         yield
 
 
-def _containers(tool: str) -> set[str]:
-    p = subprocess.run([tool, "ps", "-a", "-q", "--filter", "label=memgap.owner"], capture_output=True, text=True,
-                       check=False, timeout=60)
-    if p.returncode != 0:
-        _missing(f"{tool} does not answer (eval \"$(scripts/services.sh start)\"): {p.stderr[-300:]}")
-    return set(p.stdout.split())
+def _container_left(tool: str, obs: Observed) -> list[str]:
+    """The run's own container, if it outlived the run (others' may run beside it)."""
+    info = obs.record["environment_info"].get("container")
+    if info is None:
+        return []  # never started (the record's failure says why)
+    name = info["name"]
+    p = subprocess.run([tool, "ps", "-a", "-q", "--filter", f"name=^{name}$"], capture_output=True, text=True,
+                       check=True, timeout=60)
+    return p.stdout.split()
 
 
 @pytest.mark.timeout(900)
@@ -385,11 +396,10 @@ def test_docker_limit_is_visible_to_vllm_and_predicted(
     vllm_setup: tuple[str, Path, int], container_services: None, no_leftovers: None
 ) -> None:
     _, _, bpt = vllm_setup
-    before = _containers("docker")
     spec = vllm_spec(EnvironmentSpec(name="docker", container=ContainerSpec(memory=f"{DOCKER_LIMIT}")),
                      gpu_memory_utilization=DOCKER_UTILIZATION)
     obs = observe(spec, bpt, env="docker", memory_limit_bytes=DOCKER_LIMIT, utilizations=(DOCKER_UTILIZATION,))
-    assert _containers("docker") - before == set()
+    assert _container_left("docker", obs) == []
     rep = assert_ok_with_kv_and_series(obs, bpt)
     assert_log_agrees_with_cache_config(obs, bpt)
     assert_predicted(obs, bpt)
@@ -405,10 +415,9 @@ def test_podman_explicit_size_matches_to_the_byte(
     vllm_setup: tuple[str, Path, int], container_services: None, no_leftovers: None
 ) -> None:
     _, _, bpt = vllm_setup
-    before = _containers("podman")
     spec = vllm_spec(EnvironmentSpec(name="podman"), kv_cache_memory_bytes=EXPLICIT_KV)
     obs = observe(spec, bpt, env="podman", kv_cache_memory_bytes=EXPLICIT_KV, utilizations=())
-    assert _containers("podman") - before == set()
+    assert _container_left("podman", obs) == []
     rep = assert_ok_with_kv_and_series(obs, bpt)
     cc = obs.cache_config
     # Exact bytes: the log ("Explicitly set (0.25/..) GiB"), the info gauge and the blocks.
