@@ -232,9 +232,11 @@ def _free_port() -> int:
 
 
 def between(before: NodeMemory, after: NodeMemory) -> float:
-    """A utilization whose request the node could give before but not after: halfway
-    between what the worker's check would find then and now."""
-    requested = (before.available_bytes + after.available_bytes) / 2 - BEFORE_CHECK
+    """A utilization whose request the node could give before but not after: between
+    what the worker's check would find then and now, three quarters of the way up, since
+    other sessions' engines come and go on this machine and the refusal is the part of
+    the test that must hold."""
+    requested = after.available_bytes + 0.75 * (before.available_bytes - after.available_bytes) - BEFORE_CHECK
     return round(requested / after.total_bytes, 3)
 
 
@@ -294,10 +296,10 @@ def test_case2_a_second_engine_is_refused_and_the_first_is_named(tmp_path: Path,
                                                                  nothing_left: None) -> None:
     t0 = time.monotonic()
     before = node()
-    with vllm_by_hand(tmp_path, kv_bytes=2 * GIB) as first:
+    with vllm_by_hand(tmp_path, kv_bytes=5 * GIB // 2) as first:
         after = node()
         took = before.available_bytes - after.available_bytes
-        assert took > 1.5 * GIB, f"the first engine took only {took} B of node {after.node}"
+        assert took > 2 * GIB, f"the first engine took only {took} B of node {after.node}"
         rc, doctor, err = memgap(["doctor", "--json"], timeout_s=300)
         assert rc == 0, err
         running = next(f for f in doctor["findings"] if f["item"] == "engines running")
@@ -318,7 +320,7 @@ def test_case2_a_second_engine_is_refused_and_the_first_is_named(tmp_path: Path,
     assert f"vLLM refused to start: node {after.node} had" in failure, (
         run["environment_info"].get("diagnoses_error"), run["failure_log_tail"])
     m = re.search(rf"a vLLM engine \(pid {first}, [^)]*\) (\d+\.\d+) GiB", failure)
-    assert m is not None and float(m.group(1)) > 1.5  # its KV cache (2 GiB) and its own memory
+    assert m is not None and float(m.group(1)) > 2.5  # its KV cache (2.5 GiB) and its own memory
     assert f"A vLLM engine (pid {first}, " in failure
     assert "each engine sizes itself by a fraction of the same total" in failure
     assert run["environment_info"]["diagnoses"][0]["mechanism"] == "memory_held_by_another_engine"
@@ -339,9 +341,11 @@ def test_case4_the_container_limit_moved_the_kv_size_and_an_unseen_limit_kills(t
     db = str(tmp_path / "r.db")
     rc, out, err = memgap(["run", *VLLM, "--env", "native", "--env", "docker", "--memory", f"{limit_mib}m",
                            "--gpu-memory-utilization", str(u), *WORKLOAD, "--store", db, "--json"], docker)
-    assert rc == 0, err[-3000:]
+    assert out is not None, err[-3000:]
     native, box = out["runs"]
-    assert native["status"] == "ok" and box["status"] == "ok", (native["failure"], box["failure"])
+    assert native["status"] == "ok" and box["status"] == "ok", (native["failure"], box["failure"],
+                                                                box["failure_log_tail"])
+    assert rc == 0, err[-3000:]
     rc, ex, err = memgap(["explain", "environment=native", "environment=docker", "--store", db, "--json"])
     assert rc == 0, err
     hyp = {h["name"]: h for h in ex["hypotheses"]}

