@@ -26,6 +26,7 @@ class GroupState:
     blocks_run: int
     settled: bool
     verdicts: dict[str, dict[str, Any]]  # "env_b vs env_a: metric" -> SequentialResult dict
+    host: str | None = None  # a study with a host axis: each host's group on its own
 
 
 def finished_runs(store: Store, study_id: str) -> dict[int, tuple[dict[str, Any], StoredRun]]:
@@ -39,14 +40,14 @@ def finished_runs(store: Store, study_id: str) -> dict[int, tuple[dict[str, Any]
 
 
 def group_state(exp: Experiment, plan: list[PlannedRun], done: Mapping[int, tuple[dict[str, Any], StoredRun]],
-                group: tuple[str, str], upto_block: int) -> GroupState:
-    """Sequential verdicts of one group from the blocks up to ``upto_block``."""
+                group: tuple[str, str], upto_block: int, host: str | None = None) -> GroupState:
+    """Sequential verdicts of one group (on one host) from the blocks up to ``upto_block``."""
     envs = baseline_first(exp.study.environments)
     base, others = envs[0], envs[1:]
     runs: dict[tuple[int, str], StoredRun] = {}
     blocks_run = 0
     for p in plan:
-        if p.cell.group == group and p.block <= upto_block and p.index in done:
+        if p.cell.group == group and p.cell.host == host and p.block <= upto_block and p.index in done:
             runs[(p.block, p.cell.environment)] = done[p.index][1]
             blocks_run = max(blocks_run, p.block)
     design = SequentialDesign(alpha=exp.study.alpha, min_n=exp.study.min_iterations,
@@ -68,7 +69,7 @@ def group_state(exp: Experiment, plan: list[PlannedRun], done: Mapping[int, tupl
                         "scale": "log ratio" if rel is not None else "difference"})
             verdicts[f"{other} vs {base}: {pm.name}"] = res
     settled = bool(verdicts) and all(v["verdict"] != "continue" for v in verdicts.values())
-    return GroupState(group[0], group[1], blocks_run, settled, verdicts)
+    return GroupState(group[0], group[1], blocks_run, settled, verdicts, host)
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,9 @@ def study_outcome(exp: Experiment, store: Store, *, resumed: bool = False, notes
     plan = plan_runs(exp)
     done = finished_runs(store, exp.study_id)
     last = max((p.block for p in plan), default=0)
-    groups = sorted({c.group for c in cells(exp)})
+    groups = sorted({(c.group, c.host or "") for c in cells(exp)})
     return StudyOutcome(
         study_id=exp.study_id, resumed=resumed, notes=notes or [], runs_this_time=ran or [],
-        groups=[group_state(exp, plan, done, g, last) for g in groups],
+        groups=[group_state(exp, plan, done, g, last, h or None) for g, h in groups],
         runs_finished=len(done), runs_planned_fixed=len(plan),
     )
