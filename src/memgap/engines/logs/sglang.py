@@ -83,10 +83,11 @@ _GRAPH_END_RE = re.compile(r"Capture ([\w ]{0,60}?)graph end\.")
 #          context_len={..}"
 #   0.4.6: the same with chunked_prefill_size={..} second
 #   0.5.23: ... f"context_len={..}, available_gpu_mem={x:.2f} GB" ("available_cpu_mem" on CPU)
-_MAX_TOKENS_RE = re.compile(r"\bmax_total_num_tokens=(\d+)")
+# A count is whole: "=10.1" is not 10 tokens (found by the format property test).
+_MAX_TOKENS_RE = re.compile(r"\bmax_total_num_tokens=(\d+)(?![\d.])")
 _AVAIL_DEV_RE = re.compile(rf"\bavailable_(gpu|cpu)_mem=({NUM}) ?GB")
-_MAX_RUNNING_RE = re.compile(r"\bmax_running_requests=(\d+)")
-_CONTEXT_RE = re.compile(r"\bcontext_len=(\d+)")
+_MAX_RUNNING_RE = re.compile(r"\bmax_running_requests=(\d+)(?![\d.])")
+_CONTEXT_RE = re.compile(r"\bcontext_len=(\d+)(?![\d.])")
 # server_args dump: "mem_fraction_static=0.88"
 _FRACTION_RE = re.compile(rf"\bmem_fraction_static=({NUM})")
 
