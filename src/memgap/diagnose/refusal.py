@@ -103,9 +103,10 @@ def refusal_cause(report: Mapping[str, Any], holders: Sequence[Holder], *, engin
     else:
         tail = f" Other processes running when it was refused held {gib(held)} (RssAnon + RssShmem): {text}."
     sentence = head + tail
-    mechanism = HELD_BY_PROCESSES
+    # The largest holder decides which case this is; any engine among the named ones is
+    # still called out (a shared machine often runs small ones beside the culprit).
+    mechanism = HELD_BY_ENGINE if engines and listed and listed[0].engine is not None else HELD_BY_PROCESSES
     if engines:
-        mechanism = HELD_BY_ENGINE
         sentence += (f" {engines[0].label()[0].upper()}{engines[0].label()[1:]} was running: each engine sizes "
                      "itself by a fraction of the same total, so two engines' fractions and their own memory must "
                      "fit in it together.")

