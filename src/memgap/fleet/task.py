@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from memgap.engines.registry import make_engine
+from memgap.engines.registry import engine_for_run, make_engine
 from memgap.envs import make_environment
 from memgap.errors import MemgapError
 from memgap.experiment import CooldownSection
@@ -103,7 +103,7 @@ def run_here(spec: Mapping[str, Any], *, host: str) -> dict[str, Any]:
     (after a ``prepare_node`` task) where Ray cannot stream: through Ray Client (ray://)."""
     try:
         run_spec = RunSpec.from_dict(dict(spec))
-        engine = make_engine(run_spec.engine)
+        engine = engine_for_run(run_spec)  # self-driven and attached runs too
         environment = make_environment(run_spec.environment)
         outcome = perform_run(run_spec, engine=engine, environment=environment)
     except MemgapError as e:
