@@ -127,7 +127,8 @@ def test_two_kv_budgets_three_times_apart_give_apart_boundaries(store: Store) ->
     # the engine's signals at each point: the queue the small budget built at 5
     r5 = next(r for r in small.estimate.rungs if r.load == 5.0)
     assert r5.signals["engine_waiting_peak"] == 1.0 and r5.signals["preemptions"] == 0.0
-    assert "queue peaked at 1" in small.diagnosis["evidence"]
+    assert small.diagnosis["evidence"] == ("at load 4 (queue peak 0, KV usage 100%, 0 preempted) the SLO held; "
+                                          "at 5 (queue peak 1, KV usage 100%, 0 preempted) ttft_p99_s 3.2 > 2")
     # the report rebuilds it from the store alone
     again = capacities_in_store(store, store.runs())
     assert list(again) == ["capacity-test"] and again["capacity-test"]["runs"] == d["runs"]

@@ -16,6 +16,7 @@ from memgap.capacity import (
     Arm,
     CapacitySettings,
     Estimate,
+    RungSummary,
     Step,
     Trial,
     arm_of_label,
@@ -164,6 +165,20 @@ def _misses(est: Estimate, rung: int | None, slo: SLO) -> str:
     return ", ".join(parts)
 
 
+def engine_said(r: RungSummary | None) -> str:
+    """The engine's own signals at a point: ``queue peak 2, KV usage 100%, 4 preempted``
+    (only what it exported)."""
+    if r is None:
+        return "nothing measured"
+    sig = r.signals
+    parts = [f"queue peak {_fmt(sig.get('engine_waiting_peak'))}"]
+    if sig.get("kv_usage_peak") is not None:
+        parts.append(f"KV usage {100 * sig['kv_usage_peak']:.0f}%")
+    if sig.get("preemptions") is not None:
+        parts.append(f"{_fmt(sig['preemptions'])} preempted")
+    return ", ".join(parts)
+
+
 def diagnose(est: Estimate, pred: Prediction | None, slo: SLO, agree_rel: float = AGREE_REL) -> dict[str, Any]:
     """Whether the measured boundary agrees with the prediction, the tolerance applied,
     and why not (compute or KV), with the numbers that say so."""
@@ -194,18 +209,19 @@ def diagnose(est: Estimate, pred: Prediction | None, slo: SLO, agree_rel: float 
     elif miss is not None and hi is not None and hi + tol < p:
         if not waiting:
             out["why"] = (f"compute-bound: at load {_fmt(miss.load)}, below the predicted {pred.predicted}, no request "
-                          f"waited in the engine (waiting peak {_fmt(waiting)}) yet {_misses(est, miss.rung, slo)}")
+                          f"waited in the engine ({engine_said(miss)}) yet {_misses(est, miss.rung, slo)}")
         else:
-            out["why"] = (f"requests waited in the engine at load {_fmt(miss.load)} (waiting peak {_fmt(waiting)}), below "
+            out["why"] = (f"requests waited in the engine at load {_fmt(miss.load)} ({engine_said(miss)}), below "
                           f"the predicted {pred.predicted}: it held fewer at once than its KV budget predicts")
     elif lo is not None and lo - tol > p:
         held = next((x for x in reversed(est.rungs) if x.rung == est.boundary_rung), None)
-        out["why"] = (f"the SLO held beyond the predicted {pred.predicted} although requests waited for KV (waiting "
-                      f"peak {_fmt(held.signals.get('engine_waiting_peak') if held else None)} at load "
-                      f"{_fmt(held.load if held else None)}): one wait for KV fits within the bounds")  # fmt: skip
+        out["why"] = (f"the SLO held beyond the predicted {pred.predicted} up to load {_fmt(held.load if held else None)} "
+                      f"({engine_said(held)}): the engine admitted more than its KV holds whole (vLLM preempts and "
+                      "recomputes) or one wait for KV fits within the bounds")  # fmt: skip
     elif miss is not None:
-        out["evidence"] = (f"at load {_fmt(miss.load)} the engine's queue peaked at {_fmt(waiting)} and "
-                           f"{_misses(est, miss.rung, slo) or 'the SLO missed'}")
+        held = next((x for x in est.rungs if x.rung == est.boundary_rung), None)
+        out["evidence"] = (f"at load {_fmt(held.load if held else None)} ({engine_said(held)}) the SLO held; at "
+                           f"{_fmt(miss.load)} ({engine_said(miss)}) {_misses(est, miss.rung, slo) or 'it missed'}")
     return out
 
 

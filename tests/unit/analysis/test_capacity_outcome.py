@@ -66,3 +66,19 @@ def test_a_run_that_failed_at_the_lowest_load_is_the_why() -> None:
     d = diagnose(est, pred, SLO)
     assert d["agrees"] is False
     assert d["why"] == "the SLO failed at the lowest load (1): the run failed: engine exited with status 1 before it was ready"
+
+
+def test_a_boundary_beyond_the_prediction_names_what_the_engine_did_there() -> None:
+    # vLLM admits requests on their prompt's blocks and preempts when decoding runs out:
+    # the SLO can hold past the count whose whole KV fits
+    s = SearchSettings(Ladder("concurrency", 1, 8, 1))
+    signals = {"engine_waiting_peak": 1.0, "kv_usage_peak": 1.0, "preemptions": 2.0}
+    trials = [Trial(r, f"r{r}-{k}", tuple(req(i, 0.5 if r < 5 else 5.0) for i in range(4)), None, signals)
+              for r in (0, 1, 3, 4, 5) for k in range(2)]  # fmt: skip
+    est = estimate(trials, SLO, s)
+    assert est.load(est.boundary_rung) == 5.0
+    pred = predict({"status": "ok", "engine_report": {"kv_cache_tokens": 640}, "spec": {"engine": {"kind": "vllm"}}}, 256)
+    assert pred.predicted == 2 and pred.slots is None
+    d = diagnose(est, pred, SLO)
+    assert d["agrees"] is False
+    assert d["why"].startswith("the SLO held beyond the predicted 2 up to load 5 (queue peak 1, KV usage 100%, 2 preempted)")
