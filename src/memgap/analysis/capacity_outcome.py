@@ -339,3 +339,8 @@ def capacities_in_store(store: Store, runs: Sequence[Any]) -> dict[str, dict[str
     ids = sorted({r.study_id for r in runs if isinstance(r.study_id, str) and store.capacity_search(r.study_id)})
     return {cid: capacity_outcome(store, cid).to_dict() for cid in ids}
 
+
+def capacity_results(store: Store, runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each capacity search among the runs as a report shows it (by id)."""
+    return list(capacities_in_store(store, runs).values())
+

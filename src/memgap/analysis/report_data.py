@@ -6,7 +6,7 @@ other one, explain's paragraph and both questions of every hypothesis (does it d
 does it explain the KV difference). Then the studies (with the margins they declared),
 per group the timelines, the ledger at peak (the run's own memory apart from what lay
 outside it), the intervals, the comparison (each verdict with the margin it applied) and
-the configurations, the sweeps and the findings. ``memgap.report`` renders this dict;
+the configurations, the sweeps, the capacity searches and the findings. ``memgap.report`` renders this dict;
 ``REPORT_SCHEMA`` names its layout."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from memgap.analysis.capacity_outcome import capacity_results
 from memgap.analysis.compare import baseline_first, group_name, study_annotations
 from memgap.analysis.explain import RunInput, explain
 from memgap.analysis.ledger import CATEGORIES, OUTSIDE_CATEGORIES, TITLES, run_ledger
@@ -34,7 +35,10 @@ from memgap.store import Store, StoredRun
 #        row and study verdict with the margin it applied; a comparison row of a metric
 #        the study decided carries the study's verdict (verdict_source; the interval's
 #        own as verdict_compare) (2026-12).
-REPORT_SCHEMA = "memgap.report/1"
+#   2 -- capacities: each capacity search among the runs (analysis.capacity_outcome: per
+#        arm the boundary, its interval, the points tried with the engine's signals, plan's
+#        prediction and the diagnosis; the ratios between arms both ways) (2026-12).
+REPORT_SCHEMA = "memgap.report/2"
 
 TIMELINE_COLUMNS = ("process_rss_bytes", "cgroup_usage_bytes", "host_used_bytes")
 INTERVAL_METRICS = ("kv_cache_bytes", "output_tokens_per_s", "engine_peak_bytes", "process_rss_peak_bytes")
@@ -285,6 +289,7 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
         "findings": comparison.get("findings", []),
         "studies": studies,
         "sweeps": sweep_results(st, runs),
+        "capacities": capacity_results(st, runs),
     }
 
 

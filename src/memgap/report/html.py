@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from memgap.analysis.metrics import BY_NAME
+from memgap.report.capacity_section import capacity_html
 from memgap.report.htmlkit import CSP, e, page, table
 from memgap.report.svg import Line, colour, interval_chart, line_chart, stacked_bars
 from memgap.report.sweep_html import sweep_section
@@ -169,6 +170,8 @@ class HtmlReporter:
         body += [_model(m, rep.get("margin_relative")) for m in rep["models"]]
         for sw in rep.get("sweeps", []):
             body.append(sweep_section(sw))
+        for c in rep.get("capacities", []):
+            body.append(capacity_html(c))
         body.append("<h2>Findings</h2>")
         if not rep["findings"]:
             body.append("<p>No quality problems found.</p>")

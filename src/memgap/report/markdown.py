@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from memgap.report.capacity_section import capacity_markdown
 from memgap.report.text import (
     COMPARISON_HEAD,
     STUDY_HEAD,
@@ -128,6 +129,8 @@ class MarkdownReporter:
             out += model_lines(m, rep.get("margin_relative"))
         for sw in rep.get("sweeps", []):
             out += sweep_lines(sw)
+        for c in rep.get("capacities", []):
+            out += capacity_markdown(c)
         out += ["## Findings", ""]
         if not rep["findings"]:
             out += ["No quality problems found.", ""]
