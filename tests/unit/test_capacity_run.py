@@ -192,3 +192,16 @@ def test_diagnosis_names_compute_when_the_slo_breaks_before_kv(store: Store) -> 
     why = arm.diagnosis["why"]
     assert why.startswith("compute-bound: at load 6, below the predicted 12, no request waited in the engine")
     assert "ttft_p99_s 2.4 > 2" in why
+
+
+def test_a_rate_search_sets_the_rate_under_the_clients_cap() -> None:
+    from memgap.capacity_run import point_spec
+
+    base = RunSpec.from_dict({"workload": {"prompt_tokens": 64, "output_tokens": 192}})
+    s = CapacitySettings("capacity-rate", base.to_dict(), (Arm("native", 1024),), SLO_TEXT,
+                         SearchSettings(Ladder("rate", 0.5, 8, 0.25)), requests_per_load=5, concurrency_cap=16)  # fmt: skip
+    spec = point_spec(s, base, Arm("native", 1024), 4)
+    assert spec.workload.request_rate_per_s == pytest.approx(0.5 * 1.25**4)
+    assert spec.workload.concurrency == 16 and spec.workload.requests == 7  # ceil(5 s x 1.22/s)
+    assert spec.label == "capacity-rate native/ctx=1024 rate=1.221" and spec.study_id == "capacity-rate"
+    assert spec.slo == SLO_TEXT

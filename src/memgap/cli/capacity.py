@@ -179,6 +179,7 @@ def capacity_command(
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length in tokens (memgap plan --kv-bound-at proposes one).")] = 64,
     output_tokens: Annotated[int, typer.Option(help="Output tokens per request.")] = 192,
     warmup: Annotated[int, typer.Option(help="Warm-up requests per point, not counted.")] = 1,
+    arrival: Annotated[str, typer.Option(help="Arrivals in rate searches: poisson or constant.")] = "poisson",
     seed: Annotated[int, typer.Option(help="Seed for prompts, arrivals and the bootstrap.")] = 0,
     engine: Annotated[str | None, typer.Option("--engine", help="Engine: llamacpp (default) or vllm.", show_default=False)] = None,
     spec_file: Annotated[Path | None, typer.Option("--spec", help="Base run spec file (TOML or JSON); the search sets the load and the KV budget.", show_default=False)] = None,
@@ -287,7 +288,8 @@ def _settings_from_flags(f: dict[str, Any]) -> CapacitySettings:
         budgets = _budgets(f["ctx_size"] or [], f["ctx_from_run"] or [], f["kv_cache_memory"] or [], f["store"])
         arms = tuple(Arm(e, ctx, kv) for e in envs for ctx, kv in budgets)
     workload = WorkloadSpec(requests=4, prompt_tokens=f["prompt_tokens"], output_tokens=f["output_tokens"],
-                            warmup_requests=f["warmup"], timeout_s=f["request_timeout"], seed=f["seed"])  # fmt: skip
+                            warmup_requests=f["warmup"], timeout_s=f["request_timeout"], seed=f["seed"],
+                            arrival=f["arrival"])  # fmt: skip
     flags = {"engine": f["engine"], "threads": f["threads"], "model": f["model"], "server_path": f["server_path"],
              "engine_arg": f["engine_arg"], "memory_limit": f["memory_limit"], "request_timeout": f["request_timeout"]}  # fmt: skip
     doc = load_spec_file(f["spec_file"]).to_dict() if f["spec_file"] is not None else {}

@@ -142,3 +142,14 @@ def test_arm_pairs_an_environment_with_its_own_budget(fake: list[FakeRuns], tmp_
     assert [(a["arm"], a["predicted"]) for a in plan["arms"]] == [("native/ctx=1024", 4), ("sandbox/ctx=3072", 12)]
     assert main([*args, "--ctx-size", "2048"]) == 2
     assert "--arm names each arm" in capsys.readouterr().err
+
+
+def test_a_rate_search_plan(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, "--load", "rate", "--low", "0.5", "--high", "8", "--store", str(tmp_path / "c.db"),
+                 "--dry-run"]) == 0  # fmt: skip
+    plan = json.loads(capsys.readouterr().out)
+    s = plan["settings"]
+    assert s["search"]["ladder"] == {"kind": "rate", "low": 0.5, "high": 8.0, "step": 0.1}
+    assert plan["rungs_per_arm"] == 30 and s["concurrency_cap"] == 8
+    assert s["base"]["workload"]["arrival"] == "poisson"
+    assert main([*ARGS, "--load", "rate", "--arrival", "bursty", "--store", str(tmp_path / "c.db")]) == 2
