@@ -240,6 +240,28 @@ def between(before: NodeMemory, after: NodeMemory) -> float:
     return round(requested / after.total_bytes, 3)
 
 
+def refused_start(tmp_path: Path, before: NodeMemory, tries: int = 2) -> tuple[dict[str, Any], float, list[str]]:
+    """Start vLLM at a utilization between what node 0 had before and has now, until it
+    is refused (once more if another session's engine freed memory meanwhile and it
+    started): the run, the utilization and probe's notes taken just before it."""
+    for _ in range(tries):
+        u = between(before, node())
+        # probe predicts the refusal before a start, and names what holds the memory
+        rc, probe, err = memgap(["probe", "--json", "--no-nvml", "--no-torch", "--utilization", str(u)])
+        assert rc == 0, err
+        cpu = next(s for s in probe["scenarios"] if s["name"] == "vllm-cpu")
+        mine = next(b for b in cpu["budgets"] if b["fraction"] == u)
+        assert mine["kv_budget_bytes"] is None and mine["note"].startswith("would refuse to start")
+        rc, out, err = memgap(["run", *VLLM, "--gpu-memory-utilization", str(u), *WORKLOAD,
+                               "--store", str(tmp_path / "r.db"), "--json"])
+        assert out is not None, err[-3000:]
+        run = out["runs"][0]
+        if run["status"] == "failed":
+            return run, u, probe["notes"]
+    pytest.fail(f"vLLM started {tries} times at a utilization node 0 could not give when it was chosen: other "
+                "sessions freed memory meanwhile")
+
+
 def _gib(text: str, after: str) -> float:
     m = re.search(re.escape(after) + r" (\d+\.\d+) GiB", text)
     assert m is not None, f"no '{after} N GiB' in: {text}"
@@ -263,28 +285,20 @@ def test_case1_a_refused_start_names_the_process_that_held_the_memory(tmp_path: 
         after = node()
         took = before.available_bytes - after.available_bytes
         assert took > 0.6 * n, f"node {after.node} lost only {took} B to a {n} B allocation"
-        u = between(before, after)
-        # probe predicts the refusal before a start, and names what holds the memory
-        rc, probe, err = memgap(["probe", "--json", "--no-nvml", "--no-torch", "--utilization", str(u)])
-        assert rc == 0, err
-        cpu = next(s for s in probe["scenarios"] if s["name"] == "vllm-cpu")
-        mine = next(b for b in cpu["budgets"] if b["fraction"] == u)
-        assert mine["kv_budget_bytes"] is None and mine["note"].startswith("would refuse to start")
-        predicted = next(x for x in probe["notes"] if x.startswith("Predicted refusal"))
-        assert f"(pid {pid})" in predicted
-        rc, out, err = memgap(["run", *VLLM, "--gpu-memory-utilization", str(u), *WORKLOAD,
-                               "--store", str(tmp_path / "r.db"), "--json"])
-    run = out["runs"][0]
+        run, u, notes = refused_start(tmp_path, before)
+    predicted = next(x for x in notes if x.startswith("Predicted refusal"))
     failure = run["failure"]
     _report("case 1 probe", predicted)
     _report("case 1 cause", failure)
-    assert run["status"] == "failed" and rc != 0
+    assert f"(pid {pid})" in predicted
     assert f"vLLM refused to start: node {after.node} had" in failure
     assert f"(gpu_memory_utilization {u:g} x" in failure
     assert _gib(failure, f"(pid {pid})") == pytest.approx(n / GIB, abs=0.05)
     diag = run["environment_info"]["diagnoses"][0]
-    assert diag["mechanism"] == "memory_held_by_processes" and diag["numbers"]["had_bytes"] < diag["numbers"][
-        "wanted_bytes"]
+    assert diag["numbers"]["had_bytes"] < diag["numbers"]["wanted_bytes"]
+    # case 1 unless another session's engine happened to hold more than the holder then
+    assert diag["mechanism"] in ("memory_held_by_processes", "memory_held_by_another_engine")
+    assert any(h["pid"] == pid and h["held_bytes"] >= 0.95 * n for h in diag["numbers"]["holders"])
     print(f"[case 1 time] {time.monotonic() - t0:.0f} s")
 
 
@@ -304,15 +318,10 @@ def test_case2_a_second_engine_is_refused_and_the_first_is_named(tmp_path: Path,
         assert rc == 0, err
         running = next(f for f in doctor["findings"] if f["item"] == "engines running")
         assert running["ok"] is False and f"vLLM (pid {first}" in running["detail"]
-        u = between(before, after)
-        rc, probe, err = memgap(["probe", "--json", "--no-nvml", "--no-torch", "--utilization", str(u)])
-        assert rc == 0, err
-        engines = next(x for x in probe["notes"] if x.startswith("Engines running"))
+        run, u, notes = refused_start(tmp_path, before)
+        engines = next(x for x in notes if x.startswith("Engines running"))
         assert f"a vLLM engine (pid {first}, " in engines
-        assert any(x.startswith("Predicted refusal") for x in probe["notes"])
-        rc, out, err = memgap(["run", *VLLM, "--gpu-memory-utilization", str(u), *WORKLOAD,
-                               "--store", str(tmp_path / "r.db"), "--json"])
-    run = out["runs"][0]
+        assert any(x.startswith("Predicted refusal") for x in notes)
     failure = run["failure"]
     _report("case 2 doctor", running["detail"])
     _report("case 2 cause", failure)
