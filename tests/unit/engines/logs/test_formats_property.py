@@ -96,11 +96,11 @@ VLLM = [
         lambda v: {"initial_free_bytes": gib(v["a"]), "device_total_bytes": gib(v["b"]),
                    "kv_fraction": float(v["u"]), "requested_bytes": gib(v["c2"])}),
     Template("vllm", lambda v: f"Explicitly set ({v['a']}/{v['b']}) GiB for KV cache on node {v['k']}.",
-             lambda v: {"kv_cache_bytes": gib(v["a"]), "device_total_bytes": gib(v["b"]), "numa_node": v["k"]}),
+             lambda v: {"kv_cache_bytes": gib(v["a"]) or None, "device_total_bytes": gib(v["b"]), "numa_node": v["k"]}),
     Template("vllm", lambda v: (
         f"Auto set ({v['a']}/{v['b']}) GiB for KV cache on node {v['k']}, with {v['c2']} GiB requested memory "
         f"for the worker. {v['d']} GiB memory was consumed by non-kv usages."),
-        lambda v: {"kv_cache_bytes": gib(v["a"]), "device_total_bytes": gib(v["b"]),
+        lambda v: {"kv_cache_bytes": gib(v["a"]) or None, "device_total_bytes": gib(v["b"]),
                    "requested_bytes": gib(v["c2"]), "non_kv_bytes": gib(v["d"])}),
     Template("vllm", lambda v: (
         f"ValueError: Available memory on node {v['k']} ({v['a']}/{v['b']} GiB) on kv cache allocation is less "

@@ -300,3 +300,13 @@ def test_log_without_memory_lines_is_a_visible_miss() -> None:
     d = r.to_dict()
     assert d["found_any"] is False and d["missing"] == list(r.missing)
     assert type(r).from_dict(d) == r
+
+
+def test_cpu_cache_too_small_for_the_lines_rounding_is_unknown_not_zero() -> None:
+    from memgap.engines.logs import parse_engine_log
+
+    r = parse_engine_log("vllm", "(Worker pid=1) INFO 12-02 05:09:38 [cpu_worker.py:260] "
+                                 "Explicitly set (0.0/17.34) GiB for KV cache on node 0.\n")
+    assert r.kv_cache_bytes is None and r.found_any
+    assert r.device_total_bytes == round(17.34 * 2**30)
+    assert "kv_cache_bytes" in r.missing
