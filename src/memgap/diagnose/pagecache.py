@@ -143,8 +143,8 @@ def pagecache_hypothesis(sides: Sequence[tuple[str, Sequence[Mapping[str, Any]],
         explains, why = False, "the KV caches do not differ: there is no KV difference to explain"
     else:
         explains = differs and -d * kv_delta_bytes > 0
-        why = (f"vLLM subtracts non-torch memory one for one, so {gib(d)} more page cache booked implies a KV delta "
-               f"of {gib(-d)}, measured {gib(kv_delta_bytes)}")
+        why = (f"vLLM subtracts non-torch memory one for one, so {gib(abs(d))} {'more' if d > 0 else 'less'} page "
+               f"cache booked on {lb} implies a KV delta of {gib(-d)}, measured {gib(kv_delta_bytes)}")
     return {"name": "page_cache_as_non_torch",
             "claim": "vLLM booked page cache that grew while it loaded as non-torch memory (unified memory)",
             "verdict": "supported" if differs else "contradicted", "evidence": evidence, "numbers": numbers,
