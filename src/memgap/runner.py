@@ -218,12 +218,16 @@ def perform_run(
     if getattr(any_engine, "self_driven", False):
         return _perform_self_driven(spec, cast("SelfDrivenEngine", any_engine), env, obs, run_id, created_at, model)
     engine = cast("Engine", any_engine)
-    scratch_dir = tempfile.TemporaryDirectory(prefix="memgap-scratch-")
+    # One folder per run, removed with it: the engine's log and, in scratch/, the engine's
+    # temporary files and caches (one folder, so that what a SIGKILLed memgap leaves is one).
+    run_dir = tempfile.TemporaryDirectory(prefix="memgap-run-")
+    scratch = Path(run_dir.name) / "scratch"
+    scratch.mkdir()
     port: int | None = None
     if attach is None:
         port = free_port(config.host)
         base_url = f"http://{config.host}:{port}"
-        command = engine.command(config.host, port, scratch=Path(scratch_dir.name))
+        command = engine.command(config.host, port, scratch=scratch)
     else:  # someone else's engine: drive its URL, start nothing
         base_url, command = attach.url.rstrip("/"), EngineCommand(argv=())
     environment_name = spec.environment.name
@@ -238,7 +242,7 @@ def perform_run(
     env_run_info: dict[str, Any] = {}
     log_text = ""
 
-    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp, scratch_dir:
+    with run_dir as tmp:
         log_path = Path(tmp) / "engine.log"
         obs.phase(environment_name, "starting engine" if attach is None else "attaching")
         sampler: Sampler | None = None

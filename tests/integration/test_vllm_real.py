@@ -60,7 +60,9 @@ WORKLOAD = WorkloadSpec(requests=24, concurrency=4, prompt_tokens=32, output_tok
 # run at every moment for ~8 s. With equal requests sent as fast as 4 slots allow, they
 # start and finish together, the API server's event loop answers /metrics mostly in the
 # gaps between waves, and on a busy machine every reading said 0 requests running.
-LONG_WORKLOAD = WorkloadSpec(requests=16, concurrency=4, request_rate_per_s=2.0, prompt_tokens=32,
+# On a quiet machine 16 such requests were done in a few seconds and the sampler's four
+# readings inside the window all fell between requests: 32 at 4 a second, 8 at once.
+LONG_WORKLOAD = WorkloadSpec(requests=32, concurrency=8, request_rate_per_s=4.0, prompt_tokens=32,
                              output_tokens=384, warmup_requests=1)
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
