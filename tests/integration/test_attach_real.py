@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from services_env import services_env
 
 pytestmark = pytest.mark.integration
 
@@ -159,21 +160,13 @@ def test_attach_to_a_native_llama_server(no_leftovers: None, native_server: tupl
 # ------------------------------------------------------------------- docker
 
 
-def _services_env() -> dict[str, str]:
-    env = {}
-    if "DOCKER_HOST" not in os.environ:
-        out = subprocess.run([str(REPO / "scripts" / "services.sh"), "env"], capture_output=True, text=True, check=False)
-        for line in out.stdout.splitlines():
-            k, _, v = line.removeprefix("export ").partition("=")
-            env[k] = v
-    return env
 
 
 @pytest.fixture(scope="module")
 def docker_env() -> dict[str, str]:
     if os.geteuid() != 0:
         _missing("docker needs root here")
-    env = _services_env()
+    env = services_env()
     try:
         p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
                            env={**os.environ, **env}, timeout=30, check=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services_env import services_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +34,13 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
-def _services_env() -> dict[str, str]:
-    """DOCKER_HOST / CONTAINERS_CONF from the environment, else from services.sh."""
-    env = {}
-    if "DOCKER_HOST" not in os.environ or "CONTAINERS_CONF" not in os.environ:
-        out = subprocess.run([str(REPO / "scripts" / "services.sh"), "env"], capture_output=True, text=True, check=False)
-        for line in out.stdout.splitlines():
-            k, _, v = line.removeprefix("export ").partition("=")
-            env[k] = v
-    env.update({k: os.environ[k] for k in ("DOCKER_HOST", "CONTAINERS_CONF") if k in os.environ})
-    return env
 
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, str]:
     if os.geteuid() != 0:
         _missing("the container environments need root")
-    env = _services_env()
+    env = services_env()
     full = {**os.environ, **env}
     for tool, args in (("docker", ["version", "--format", "{{.Server.Version}}"]), ("podman", ["info"])):
         try:

