@@ -363,11 +363,11 @@ def container_services() -> Iterator[None]:
     """Docker and Podman answer (as in test_containers_real, whose services.sh reading is
     shared), with their settings in this process's environment, where the runner's
     container CLI reads them."""
-    from test_containers_real import _services_env
+    from services_env import services_env
 
     if os.geteuid() != 0:
         _missing("containers need root")
-    env = _services_env()
+    env = services_env()
     for tool, args in (("docker", ["version", "--format", "{{.Server.Version}}"]), ("podman", ["info"])):
         try:
             p = subprocess.run([tool, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=30,
