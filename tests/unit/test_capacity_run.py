@@ -205,3 +205,49 @@ def test_a_rate_search_sets_the_rate_under_the_clients_cap() -> None:
     assert spec.workload.concurrency == 16 and spec.workload.requests == 7  # ceil(5 s x 1.22/s)
     assert spec.label == "capacity-rate native/ctx=1024 rate=1.221" and spec.study_id == "capacity-rate"
     assert spec.slo == SLO_TEXT
+
+
+def test_explain_cites_the_capacity_search_its_two_sides_are_arms_of(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from memgap.analysis.capacity_outcome import capacity_citation
+    from memgap.cli.main import main
+
+    s = CapacitySettings("capacity-env", make_settings().base, (Arm("native", 3072), Arm("docker", 1024)), SLO_TEXT,
+                         SearchSettings(Ladder("concurrency", 1, 32, 1)))  # fmt: skip
+    run_capacity(s, spec_for(s), store, execute=KvBoundServer(), make=lambda e: e)
+    native = [r for r in store.runs() if r.environment == "native"]
+    docker = [r for r in store.runs() if r.environment == "docker"]
+    sentence = capacity_citation(store, native, docker)
+    assert sentence == ("In capacity search capacity-env, docker/ctx=1024's 3.00\u00d7 smaller KV cache cost 3.00\u00d7 in "
+                        "concurrent requests at ttft_p99_s<=2,errors<=0% (boundary 4 [4-4] against 12 [12-12] for "
+                        "native/ctx=3072; plan predicted 3.00\u00d7 less).")  # fmt: skip
+    # the other way round, it reads from B's side
+    assert capacity_citation(store, docker, native) == (
+        "In capacity search capacity-env, native/ctx=3072's 3.00\u00d7 larger KV cache gave 3.00\u00d7 the concurrent "
+        "requests at ttft_p99_s<=2,errors<=0% (boundary 12 [12-12] against 4 [4-4] for docker/ctx=1024; plan "
+        "predicted 3.00\u00d7 the).")  # fmt: skip
+    # not two arms of one search: no citation
+    assert capacity_citation(store, native, native) is None
+    assert capacity_citation(store, native, native + docker) is None
+    # explain selects the two sides and its answer ends with the sentence
+    db = str(store.path)
+    sel = ["study_id=capacity-env,environment=native", "study_id=capacity-env,environment=docker"]
+    capsys.readouterr()
+    assert main(["explain", *sel, "--store", db, "--json"]) == 0
+    ans = json.loads(capsys.readouterr().out)["answer"]
+    assert ans["capacity"] == sentence and ans["text"].endswith(" " + sentence)
+    assert main(["explain", *sel, "--store", db, "--no-peak"]) == 0
+    assert sentence in capsys.readouterr().out.replace("\n", " ")
+    # one run of each arm, by id, cites it too; two runs of one arm do not
+    a_id, b_id = native[0].run_id, docker[0].run_id
+    assert main(["explain", a_id, b_id, "--store", db, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answer"]["capacity"] == sentence
+    assert main(["explain", a_id, native[1].run_id, "--store", db, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answer"]["capacity"] is None
+    # and the report's answer for native against docker cites it
+    from memgap.analysis.compare import compare_runs
+    from memgap.analysis.report_data import build_report
+
+    data = build_report(store, store.runs(), compare_runs(store.runs()))
+    assert [a["answer"]["capacity"] for a in data["answers"]] == [sentence]

@@ -10,7 +10,7 @@ hypotheses) so that ``memgap explain``, ``memgap run`` and the reports print the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memgap.analysis.rulefit import MEMAVAILABLE, MEMFREE, engine_name, kv_link
@@ -73,6 +73,15 @@ class Answer:
     carriers: tuple[Carrier, ...]
     engine_own_delta_bytes: int | None
     explained_by: tuple[tuple[str, int], ...]  # (hypothesis, the KV delta the rule implies from it)
+    # What a capacity search both sides belong to measured: the KV difference in users at
+    # an SLO (analysis.capacity_outcome.capacity_citation); the text ends with it.
+    capacity: str | None = None
+
+    def citing(self, capacity: str | None) -> Answer:
+        """This answer with the capacity sentence at its end (itself when there is none)."""
+        if not capacity:
+            return self
+        return replace(self, text=f"{self.text} {capacity}", capacity=capacity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +95,7 @@ class Answer:
             "carriers": [c.to_dict() for c in self.carriers],
             "engine_own_delta_bytes": self.engine_own_delta_bytes,
             "explained_by": [{"hypothesis": h, "kv_implied_delta_bytes": n} for h, n in self.explained_by],
+            "capacity": self.capacity,
         }
 
 

@@ -280,6 +280,62 @@ def ratio_sentence(c: Mapping[str, Any], slo_text: str) -> str | None:
             f"{'-' if c['measured_b_over_a'] is None else format(c['measured_b_over_a'], '.2f') + 'x'} measured)")
 
 
+def _times(r: float) -> str:
+    return f"{r:.2f}\u00d7"
+
+
+def cost_sentence(a: ArmOutcome, b: ArmOutcome, slo_text: str, capacity_id: str) -> str | None:
+    """What explain's answer cites for sides A and B of a capacity search: ``In capacity
+    search X, B's 3.00× smaller KV cache cost 3.00× in concurrent requests at ttft_p99_s<=2
+    (boundary 4 [4-4] against 12 [12-12] for A; plan predicted 3.00× less).`` None when an
+    arm has no KV size or no measured boundary."""
+    c = compare_arms(a, b)
+    k, m, p = c["kv_tokens_b_over_a"], c["measured_b_over_a"], c["predicted_b_over_a"]
+    if k is None or m is None:
+        return None
+    what = "concurrent requests" if a.estimate.ladder.kind == "concurrency" else "request rate"
+    served = ("the same" if m == 1 else f"{_times(m)} the" if m > 1 else f"{_times(1 / m)} less") + f" {what}"
+    if k < 1:
+        effect = (f"'s {_times(1 / k)} smaller KV cache cost " + (f"{_times(1 / m)} in {what}" if m < 1 else
+                  f"nothing: it served {served}"))
+    elif k > 1:
+        effect = f"'s {_times(k)} larger KV cache " + (f"gave {_times(m)} the {what}" if m > 1 else
+                                                        f"gave nothing: it served {served}")
+    else:
+        effect = f" has the same KV cache and served {served}"
+
+    def bound(e: Estimate) -> str:
+        lo, hi = e.load(e.low_rung), e.load(e.high_rung)
+        return _fmt(e.load(e.boundary_rung)) + ("" if lo is None or hi is None else f" [{_fmt(lo)}-{_fmt(hi)}]")
+
+    pred = "" if p is None else f"; plan predicted {_times(p) + ' the' if p >= 1 else _times(1 / p) + ' less'}"
+    return (f"In capacity search {capacity_id}, {b.arm.name}{effect} at {slo_text} "
+            f"(boundary {bound(b.estimate)} against {bound(a.estimate)} for {a.arm.name}{pred}).")
+
+
+def _arms_of(runs: Sequence[Any]) -> tuple[str | None, set[str | None]]:
+    """The one capacity search the runs (``StoredRun``) belong to (None: none or several) and their arms."""
+    ids = {r.study_id for r in runs}
+    cid = next(iter(ids)) if len(ids) == 1 and isinstance(next(iter(ids)), str) else None
+    return cid, {arm_of_label(r.label, cid) for r in runs} if cid else set()
+
+
+def capacity_citation(store: Store, a_runs: Sequence[Any], b_runs: Sequence[Any]) -> str | None:
+    """The capacity sentence for explain's answer when side A's runs are one arm of a
+    capacity search and side B's another arm of the same search; else None."""
+    (ca, arms_a), (cb, arms_b) = _arms_of(a_runs), _arms_of(b_runs)
+    if ca is None or ca != cb or len(arms_a) != 1 or len(arms_b) != 1 or arms_a == arms_b or None in arms_a | arms_b:
+        return None
+    if store.capacity_search(ca) is None:
+        return None
+    outcome = capacity_outcome(store, ca)
+    by_name = {x.arm.name: x for x in outcome.arms}
+    a, b = by_name.get(next(iter(arms_a)) or ""), by_name.get(next(iter(arms_b)) or "")
+    if a is None or b is None:
+        return None
+    return cost_sentence(a, b, outcome.settings.slo, ca)
+
+
 # -- the whole search -----------------------------------------------------------------------
 
 

@@ -59,7 +59,9 @@ __all__ = [
 #        page_cache weighs Cached - Shmem, other_processes only memory outside the run
 #        that is neither page cache nor shmem (the page cache was counted twice before),
 #        shmem the host's Shmem at ready as well (2026-12).
-EXPLAIN_VERSION = 2
+#   3 -- answer.capacity: the capacity search both sides are arms of, in one sentence
+#        (the KV difference in users at its SLO); the answer's text ends with it (2026-12).
+EXPLAIN_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,18 @@ class Explanation:
         }
 
 
-def explain(a_label: str, a_runs: Sequence[RunInput], b_label: str, b_runs: Sequence[RunInput]) -> Explanation:
+def explain(a_label: str, a_runs: Sequence[RunInput], b_label: str, b_runs: Sequence[RunInput], *,
+            capacity: str | None = None) -> Explanation:
+    """``capacity``: the sentence a capacity search gives for these two sides
+    (``analysis.capacity_outcome.capacity_citation``), which the answer cites."""
     if not a_runs or not b_runs:
         raise ValueError("explain needs at least one run on each side")
     a, b = make_side(a_label, a_runs), make_side(b_label, b_runs)
     rows = tuple(ledger_rows(a, b, "ready") + engine_rows(a, b))
     peak_rows = tuple(ledger_rows(a, b, "peak"))
     hyps = tuple(hypotheses(a, b, rows))
-    return Explanation(a, b, rows, peak_rows, hyps, tuple(limits(a, b)), build_answer(a, b, rows, hyps))
+    return Explanation(a, b, rows, peak_rows, hyps, tuple(limits(a, b)),
+                       build_answer(a, b, rows, hyps).citing(capacity))
 
 
 def answer_for_records(a_records: Sequence[Mapping[str, Any]], b_records: Sequence[Mapping[str, Any]],

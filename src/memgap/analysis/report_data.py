@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memgap.analysis.capacity_outcome import capacity_results
+from memgap.analysis.capacity_outcome import capacity_citation, capacity_results
 from memgap.analysis.compare import baseline_first, group_name, study_annotations
 from memgap.analysis.explain import RunInput, explain
 from memgap.analysis.ledger import CATEGORIES, OUTSIDE_CATEGORIES, TITLES, run_ledger
@@ -38,7 +38,9 @@ from memgap.store import Store, StoredRun
 #   2 -- capacities: each capacity search among the runs (analysis.capacity_outcome: per
 #        arm the boundary, its interval, the points tried with the engine's signals, plan's
 #        prediction and the diagnosis; the ratios between arms both ways) (2026-12).
-REPORT_SCHEMA = "memgap.report/2"
+#   3 -- answers[].answer.capacity: the capacity search a pair's two sides are arms of,
+#        cited in one sentence at the end of the answer's text (explain version 3) (2026-12).
+REPORT_SCHEMA = "memgap.report/3"
 
 TIMELINE_COLUMNS = ("process_rss_bytes", "cgroup_usage_bytes", "host_used_bytes")
 INTERVAL_METRICS = ("kv_cache_bytes", "output_tokens_per_s", "engine_peak_bytes", "process_rss_peak_bytes")
@@ -111,16 +113,18 @@ def _ledger(series: Series, runs: Sequence[StoredRun], envs: Sequence[str]) -> d
             "outside_titles": [TITLES[k] for k in OUTSIDE_CATEGORIES], "unexplained_title": UNEXPLAINED}
 
 
-def _answer(group: str, a: str, a_runs: Sequence[StoredRun], b: str, b_runs: Sequence[StoredRun],
+def _answer(st: Store, group: str, a: str, a_runs: Sequence[StoredRun], b: str, b_runs: Sequence[StoredRun],
             series: Series) -> dict[str, Any] | None:
-    """Explain's answer and verdicts for one pair of run sets (ok runs only)."""
-    ia = [RunInput(r.record, series.get(r.run_id)) for r in a_runs if r.status == "ok"]
-    ib = [RunInput(r.record, series.get(r.run_id)) for r in b_runs if r.status == "ok"]
+    """Explain's answer and verdicts for one pair of run sets (ok runs only); it cites the
+    capacity search the two sets are arms of, if they are."""
+    oka, okb = [r for r in a_runs if r.status == "ok"], [r for r in b_runs if r.status == "ok"]
+    ia = [RunInput(r.record, series.get(r.run_id)) for r in oka]
+    ib = [RunInput(r.record, series.get(r.run_id)) for r in okb]
     if not ia or not ib:
         return None
     head = {"group": group, "a": a, "b": b, "runs": {"a": len(ia), "b": len(ib)}}
     try:
-        ex = explain(a, ia, b, ib)
+        ex = explain(a, ia, b, ib, capacity=capacity_citation(st, oka, okb))
     except Exception as e:  # noqa: BLE001 - an odd record must not cost the rest of the report
         return {**head, "answer": None, "verdicts": [], "notes": [], "error": f"{type(e).__name__}: {e}"}
     return {"group": group, "a": a, "b": b, "runs": {"a": len(ia), "b": len(ib)},
@@ -254,7 +258,7 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
         ok = [r for r in rs if r.status == "ok"]
         if sides is None:
             for other in envs[1:]:
-                ans = _answer(model, envs[0], [r for r in rs if r.environment == envs[0]], other,
+                ans = _answer(st, model, envs[0], [r for r in rs if r.environment == envs[0]], other,
                               [r for r in rs if r.environment == other], series)
                 if ans is not None:
                     answers.append(ans)
@@ -271,7 +275,7 @@ def build_report(st: Store, runs: Sequence[StoredRun], comparison: Mapping[str, 
         })
     if sides is not None:
         (la, ra), (lb, rb) = sides
-        ans = _answer(f"{la} vs {lb}", la, [r for r in ra if r.run_id not in skip], lb,
+        ans = _answer(st, f"{la} vs {lb}", la, [r for r in ra if r.run_id not in skip], lb,
                       [r for r in rb if r.run_id not in skip], series)
         answers += [ans] if ans is not None else []
         models += _selection_groups(comparison, {str(g["model"]) for g in models})

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from memgap.analysis.capacity_outcome import capacity_citation
 from memgap.analysis.explain import (
     CONTRADICTED,
     EXPLAIN_VERSION,
@@ -29,14 +30,18 @@ from memgap.analysis.explain import (
 from memgap.analysis.ledger import CATEGORIES
 from memgap.analysis.selectors import HELP as SELECTOR_HELP
 from memgap.analysis.selectors import select_runs
-from memgap.store import Store, open_store
+from memgap.store import Store, StoredRun, open_store
 from memgap.units import format_bytes
 
 _VERDICT_STYLE = {SUPPORTED: "bold green", CONTRADICTED: "bold red"}
 
 
-def _inputs(store: Store, selector: str) -> list[RunInput]:
-    return [RunInput(r.record, store.series(r.run_id)) for r in select_runs(store, selector, default_status="ok")]
+def _inputs(store: Store, runs: list[StoredRun]) -> list[RunInput]:
+    return [RunInput(r.record, store.series(r.run_id)) for r in runs]
+
+
+def _select(store: Store, selector: str) -> list[StoredRun]:
+    return select_runs(store, selector, default_status="ok")
 
 
 def explain_command(
@@ -50,7 +55,7 @@ def explain_command(
     """Compare two runs (or groups, by their median) category by category and give a verdict on each hypothesis."""
     if b is None:
         with open_store(store) as st:
-            side = make_side(a, _inputs(st, a))
+            side = make_side(a, _inputs(st, _select(st, a)))
         if as_json:
             typer.echo(json.dumps({"explain_version": EXPLAIN_VERSION, "a": side.describe(),
                                    "ledgers": {m: [led.to_dict() for led in side.ledgers[m]] for m in ("ready", "peak")}},
@@ -59,7 +64,8 @@ def explain_command(
         _print_one(side, show_peak=peak)
         return
     with open_store(store) as st:
-        ex = explain(a, _inputs(st, a), b, _inputs(st, b))
+        runs_a, runs_b = _select(st, a), _select(st, b)
+        ex = explain(a, _inputs(st, runs_a), b, _inputs(st, runs_b), capacity=capacity_citation(st, runs_a, runs_b))
     if as_json:
         typer.echo(json.dumps(ex.to_dict(), indent=2))
         return

@@ -82,3 +82,29 @@ def test_a_boundary_beyond_the_prediction_names_what_the_engine_did_there() -> N
     d = diagnose(est, pred, SLO)
     assert d["agrees"] is False
     assert d["why"].startswith("the SLO held beyond the predicted 2 up to load 5 (queue peak 1, KV usage 100%, 2 preempted)")
+
+
+def test_the_cost_sentence_says_when_a_smaller_kv_cache_cost_nothing() -> None:
+    from memgap.analysis.capacity_outcome import cost_sentence
+
+    s = SearchSettings(Ladder("concurrency", 1, 8, 1))
+    # both arms met the SLO up to 4 and missed it at 5: the same boundary
+    trials = [Trial(r, f"r{r}-{k}", tuple(req(i, 0.5 if r < 4 else 5.0) for i in range(4)))
+              for r in (0, 1, 3, 4) for k in range(2)]  # fmt: skip
+    est = estimate(trials, SLO, s)
+    step = next_step(est, s)
+
+    def arm(env: str, tokens: int | None) -> ArmOutcome:
+        rec = {"status": "ok", "engine_report": {"kv_cache_tokens": tokens}, "engine_options": {"parallel": 8}}
+        return ArmOutcome(Arm(env, tokens), step, est, predict(rec, 256) if tokens else None, {})
+
+    big, small = arm("native", 2048), arm("docker", 1024)
+    assert cost_sentence(big, small, "ttft_p99_s<=2", "capacity-x") == (
+        "In capacity search capacity-x, docker/ctx=1024's 2.00\u00d7 smaller KV cache cost nothing: it served the same "
+        "concurrent requests at ttft_p99_s<=2 (boundary 4 [4-4] against 4 [4-4] for native/ctx=2048; plan predicted "
+        "2.00\u00d7 less).")  # fmt: skip
+    same = cost_sentence(big, arm("sandbox", 2048), "ttft_p99_s<=2", "capacity-x")
+    assert same is not None and "sandbox/ctx=2048 has the same KV cache and served the same concurrent requests" in same
+    assert "plan predicted 1.00\u00d7 the" in same
+    # no KV size on one side: nothing to cite
+    assert cost_sentence(big, arm("docker", None), "ttft_p99_s<=2", "capacity-x") is None

@@ -157,7 +157,7 @@ def test_a_limit_that_was_hit_supports_cgroup_accounting() -> None:
 def test_json_shape() -> None:
     a = _mem_run("a01", created="2026-01-01T00:00:01", cached_start=3 * GIB, cg_file=0, cg_mapped=0, usage=215 * MIB)
     d = explain("a", [a], "b", [a]).to_dict()
-    assert set(d) >= {"a", "b", "categories", "hypotheses", "answer"} and d["explain_version"] == 2
+    assert set(d) >= {"a", "b", "categories", "hypotheses", "answer"} and d["explain_version"] == 3
     assert d["a"]["runs"] == 1 and d["a"]["run_ids"] == ["a01"]
     for c in d["categories"]:
         assert {"a_bytes", "b_bytes", "delta_bytes", "source"} <= set(c)

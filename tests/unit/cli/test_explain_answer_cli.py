@@ -43,7 +43,7 @@ def test_json_carries_the_answer(store: Path, capsys: pytest.CaptureFixture[str]
     capsys.readouterr()
     assert main(["explain", *QWEN, "--store", str(store), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["explain_version"] == 2
+    assert d["explain_version"] == 3
     ans = d["answer"]
     assert ans["kv_before_bytes"] == round(44.675 * GIB) and ans["kv_after_bytes"] == round(28.99 * GIB)
     assert ans["kv_delta_bytes"] == ans["kv_after_bytes"] - ans["kv_before_bytes"]

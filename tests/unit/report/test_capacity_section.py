@@ -76,5 +76,5 @@ def test_capacity_section_in_every_format(tmp_path: Path) -> None:
     assert "<h2>Capacity capacity-rep: highest concurrency meeting ttft_p99_s&lt;=2,errors&lt;=0%" in page
     assert "<h3>sandbox/ctx=3072: points tried</h3>" in page
     doc = json.loads(render_text(JsonReporter(rep)))
-    assert doc["schema"] == "memgap.report/2"
+    assert doc["schema"] == "memgap.report/3"
     assert [a["estimate"]["boundary"] for a in doc["capacities"][0]["arms"]] == [4.0, 12.0]

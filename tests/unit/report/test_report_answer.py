@@ -60,7 +60,7 @@ def test_markdown_and_json_carry_the_same_answer(report_store: Path) -> None:
     md = render_text(MarkdownReporter(rep))
     data = json.loads(render_text(JsonReporter(rep)))
     (a,) = data["answers"]
-    assert data["schema"] == "memgap.report/2"
+    assert data["schema"] == "memgap.report/3"
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections[0] == "## The answer"
     assert a["answer"]["text"] in md
