@@ -19,6 +19,8 @@ written to the store from a node."""
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,13 +56,32 @@ def connect(address: str) -> tuple[Any, bool]:
 
     if ray.is_initialized():
         return ray, False
-    try:
-        # log_to_driver off: the nodes' task output is theirs; the driver prints only its own.
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UsageError(f"cannot join the Ray cluster at {address!r}: {e}\n"
-                         "start one with: ray start --head --resources '{\"memgap_slot\": 1}'") from None
-    return ray, True
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            # log_to_driver off: the nodes' task output is theirs; the driver prints only its own.
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            return ray, True
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            if attempt < CLIENT_ATTEMPTS and _transient(address, e):
+                print(f"memgap: the Ray client server at {address} did not start; trying again in "
+                      f"{CLIENT_RETRY_S:.0f} s ({attempt} of {CLIENT_ATTEMPTS})", file=sys.stderr, flush=True)
+                time.sleep(CLIENT_RETRY_S)
+                continue
+            raise UsageError(f"cannot join the Ray cluster at {address!r}: {e}\n"
+                             "start one with: ray start --head --resources '{\"memgap_slot\": 1}'") from None
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+# Ray Client's proxy starts one server process per client; that start sometimes fails
+# ("Starting Ray client server failed", the process gone before it served) while the
+# cluster is fine, and the next connection gets a fresh one.
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_S = 2.0
+_TRANSIENT = "Starting Ray client server failed"
+
+
+def _transient(address: str, e: BaseException) -> bool:
+    return address.startswith("ray://") and _TRANSIENT in str(e)
 
 
 def resolve_hosts(exp: Experiment, store: Store, nodes: Sequence[FleetNode]) -> list[str]:

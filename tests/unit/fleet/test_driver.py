@@ -231,3 +231,39 @@ def test_a_resume_keeps_the_hosts_the_study_was_planned_with(tmp_path: Path) -> 
         with pytest.raises(UsageError, match=r'cluster.hosts: \["node-a"\] -> \["node-a", "node-b"\]'):
             _drive(FakeRay([_node(A, "node-a"), _node(B1, "node-b")]), _exp('hosts = ["node-a", "node-b"]'), st,
                    experiment_path=None, on_event=None)
+
+
+def test_joining_through_ray_client_tries_again_when_its_server_did_not_start(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    from memgap.fleet import driver
+
+    calls: list[str] = []
+    failures = ["Initialization failure from server:\nRuntimeError: Starting Ray client server failed. See "
+                "ray_client_server_23000.err for detailed logs."] * 2
+
+    def init(address: str, **kw: Any) -> None:
+        calls.append(address)
+        if failures:
+            raise ConnectionError(failures.pop())
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(driver, "CLIENT_RETRY_S", 0.0)
+    assert driver.connect("ray://127.0.0.1:10001") == (ray, True)
+    assert calls == ["ray://127.0.0.1:10001"] * 3
+    assert capsys.readouterr().err.count("did not start; trying again") == 2
+    # three failed starts: the one-line error, with what Ray said
+    failures[:] = ["Starting Ray client server failed."] * 3
+    with pytest.raises(UsageError, match=r"cannot join the Ray cluster at 'ray://h:1': Starting Ray client server"):
+        driver.connect("ray://h:1")
+    # any other failure, or a direct (not ray://) address, is not tried again
+    calls.clear()
+    failures[:] = ["Starting Ray client server failed."]
+    with pytest.raises(UsageError):
+        driver.connect("10.0.0.1:6379")
+    failures[:] = ["Could not find any running Ray instance."]
+    with pytest.raises(UsageError, match="Could not find any running Ray instance"):
+        driver.connect("ray://h:1")
+    assert calls == ["10.0.0.1:6379", "ray://h:1"]
