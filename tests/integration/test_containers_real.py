@@ -8,23 +8,21 @@ On CI (``CI=true``) a missing piece fails the test instead of skipping it."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from memgap_cli import MEMGAP, run_memgap
 from services_env import services_env
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-MEMGAP = [sys.executable, "-m", "memgap"]
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -80,25 +78,7 @@ def nothing_left(services: dict[str, str], no_leftovers: None) -> Iterator[None]
 
 
 def memgap(args: list[str], env: dict[str, str], timeout_s: float = 600) -> tuple[int, dict[str, Any] | None, str]:
-    p = subprocess.Popen([*MEMGAP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **env})
-    try:
-        stdout, stderr = p.communicate(timeout=timeout_s)
-    except BaseException:
-        # Ctrl-C, not SIGKILL: memgap removes its containers and mounts before it exits.
-        p.send_signal(signal.SIGINT)
-        try:
-            p.communicate(timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        raise
-    try:
-        out = json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        out = None
-    return p.returncode, out, stderr
+    return run_memgap(args, env, timeout_s)
 
 
 SHORT = ["--prompt-tokens", "32", "--warmup", "1", "--concurrency", "4"]

@@ -13,7 +13,6 @@ a missing piece fails the test instead of skipping it."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from memgap_cli import run_memgap
 from services_env import services_env
 
 from memgap.collect.cgroup import memory_cgroup_of
@@ -42,7 +42,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 MODEL = REPO / ".models" / "tiny-llama"
-MEMGAP = [sys.executable, "-m", "memgap"]
 ON_CI = os.environ.get("CI", "").lower() == "true"
 GIB, MIB = 1 << 30, 1 << 20
 # What a vLLM start takes out of the node before its worker checks (API server and
@@ -135,26 +134,10 @@ def memgap(args: list[str], env: dict[str, str] | None = None, timeout_s: float 
     extra = {**(env or {}), "MEMGAP_DIAG_TEST": TAG}
     if TMP is not None:
         extra["TMPDIR"] = str(TMP)
-    p = subprocess.Popen([*MEMGAP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **extra})
-    try:
-        stdout, stderr = p.communicate(timeout=timeout_s)
-    except BaseException:
-        p.send_signal(signal.SIGINT)  # memgap removes what it made before it exits
-        try:
-            p.communicate(timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        raise
-    try:
-        out = json.loads(stdout) if stdout.strip() else None
-    except json.JSONDecodeError:
-        out = None
+    code, out, stderr = run_memgap(args, extra, timeout_s)
     if isinstance(out, dict):
         RUN_IDS.extend(r["run_id"] for r in out.get("runs") or ())
-    return p.returncode, out, stderr
+    return code, out, stderr
 
 
 def node() -> NodeMemory:

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
+from memgap_cli import study_rows
 
 from memgap.cli.main import main
 from memgap.store import Store, StoredRun
@@ -248,17 +248,6 @@ def test_two_hosts_two_environments_one_store_split_by_host(
     assert "@ node-a" in text and "@ node-b" in text
 
 
-def _rows(db: Path) -> list[tuple[int, int, str]]:
-    try:
-        con = sqlite3.connect(db, timeout=5)
-        try:
-            return con.execute("SELECT plan_index, attempt, status FROM study_runs ORDER BY plan_index, attempt").fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
-
-
 def test_killed_driver_resumes_losing_and_doubling_nothing(
     cluster: Cluster, tmp_path: Path, no_leftovers: None
 ) -> None:
@@ -274,14 +263,14 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
     try:
         # kill the driver once a run is stored and another one is running on a node
         while time.monotonic() < deadline and driver.poll() is None:
-            rows = _rows(db)
+            rows = study_rows(db)
             if any(r[2] == "finished" for r in rows) and any(r[2] == "started" for r in rows):
                 found = _engine_under(raylets)
                 if found is not None:
                     engine = found[0]
                     break
             time.sleep(0.05)
-        assert engine is not None, f"no second run started: {_rows(db)}"
+        assert engine is not None, f"no second run started: {study_rows(db)}"
         killed_at = time.time()
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(10)
@@ -289,7 +278,7 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
         if driver.poll() is None:
             driver.kill()
             driver.wait(10)
-    before = _rows(db)
+    before = study_rows(db)
     # Ray ends a dead driver's tasks: the worker goes, and the engine with it
     psutil.wait_procs([engine], timeout=30)
     assert not engine.is_running(), "the engine outlived the driver that started its run"
@@ -303,7 +292,7 @@ def test_killed_driver_resumes_losing_and_doubling_nothing(
     _clean_after_kill(before_test, killed_at)  # the resumed runs have ended (and removed theirs)
     started = [(i, a) for i, a, s in before if s == "started"]
     assert started, before
-    after = _rows(db)
+    after = study_rows(db)
     for i, a in started:  # cut off with its driver: noted interrupted, then done again
         assert (i, a, "interrupted") in after and (i, a + 1, "finished") in after, after
     with Store(db) as st:

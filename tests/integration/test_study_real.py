@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from memgap_cli import study_rows
 
 from memgap.cli.main import main
 from memgap.store import Store
@@ -80,17 +80,6 @@ margin = "10%"
     assert re.search(r"\| sandbox vs native: kv_cache_bytes \| equivalent \| [^|]*study[^|]* \| 3 \|", text), text
 
 
-def _study_rows(db: Path) -> list[tuple[int, int, str]]:
-    try:
-        con = sqlite3.connect(db, timeout=5)
-        try:
-            return con.execute("SELECT plan_index, attempt, status FROM study_runs ORDER BY plan_index, attempt").fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
-
-
 def test_sigkill_mid_run_then_resume_loses_and_doubles_nothing(tmp_path: Path, no_leftovers: None) -> None:
     exp = _experiment(tmp_path, """
 [study]
@@ -107,14 +96,14 @@ seed = 1
     try:
         # wait until the second planned run has its engine up, then kill memgap outright
         while time.monotonic() < deadline and proc.poll() is None:
-            rows = _study_rows(db)
+            rows = study_rows(db)
             if any(r[0] == 1 and r[2] == "started" for r in rows):
                 kids = [k for k in psutil.Process(proc.pid).children(recursive=True) if "llama-server" in " ".join(k.cmdline())]
                 if kids:
                     engine = kids[0]
                     break
             time.sleep(0.2)
-        assert engine is not None, f"the second run never started: {_study_rows(db)}"
+        assert engine is not None, f"the second run never started: {study_rows(db)}"
         logs = [Path(f.path).parent for f in engine.open_files() if "memgap-run-" in f.path]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -127,12 +116,12 @@ seed = 1
     engine.wait(10)
     for d in logs:
         shutil.rmtree(d, ignore_errors=True)
-    assert _study_rows(db) == [(0, 1, "finished"), (1, 1, "started")]
+    assert study_rows(db) == [(0, 1, "finished"), (1, 1, "started")]
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "resumed" in done.stdout
-    assert _study_rows(db) == [(0, 1, "finished"), (1, 1, "interrupted"), (1, 2, "finished"), (2, 1, "finished")]
+    assert study_rows(db) == [(0, 1, "finished"), (1, 1, "interrupted"), (1, 2, "finished"), (2, 1, "finished")]
     with Store(db) as st:
         runs = st.runs({"study_id": "study:killed"})
         assert len(runs) == 3 and {r.status for r in runs} == {"ok"}  # none lost, none doubled
