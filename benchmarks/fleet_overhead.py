@@ -49,7 +49,7 @@ FULL_RATE_HZ = 10.0
 
 
 def synthetic_outcome(seconds: float = DURATION_S, rate_hz: float = RATE_HZ) -> dict[str, Any]:
-    """A run's outcome (memgap.runner.RunOutcome as plain data) of the real shape."""
+    """A run's outcome (memgap.outcome.RunOutcome as plain data) of the real shape."""
     rng = random.Random(7)
     spec = RunSpec.from_dict({"environment": {"name": "sandbox"}, "study_id": "study:bench"})
     record = failed_record(spec, run_id="0123456789ab", failure="x",

@@ -20,7 +20,8 @@ from memgap.capacity import Arm, CapacitySettings, Step, point_requests, run_lab
 from memgap.engines.registry import engine_for_run
 from memgap.envs.base import Environment
 from memgap.errors import UsageError
-from memgap.runner import RunObserver, execute_run
+from memgap.outcome import RunObserver
+from memgap.runner import execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store
 

@@ -14,39 +14,38 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import httpx
 
 from memgap.collect.cgroup import cgroup_counters
 from memgap.diagnose.run import after_run
 from memgap.engines.attached import given_model
-from memgap.engines.base import REPORT_MARKER, Engine, EngineCommand, ModelFile, SelfDrivenEngine
+from memgap.engines.base import Engine, EngineCommand, ModelFile, SelfDrivenEngine
 from memgap.engines.registry import engine_for_run
 from memgap.envs import LaunchSpec, RunningEngine, make_environment
 from memgap.envs.base import Environment
 from memgap.errors import EngineNotFound
-from memgap.hostinfo import host_facts
 from memgap.load.client import run_workload_sync
 from memgap.load.records import RequestRecord
 from memgap.memory import memory_summary
-from memgap.record import RECORD_VERSION, RunRecord, utc_timestamp
+from memgap.outcome import (
+    DIED_BEFORE_READY,
+    DIED_DURING_WORKLOAD,
+    RunObserver,
+    RunOutcome,
+    build_record,
+    describe_failure,
+    log_tail,
+    port_in_use,
+)
+from memgap.record import utc_timestamp
 from memgap.sampler import Sampler
-from memgap.selfdriven import StepsOutcome, run_steps
+from memgap.selfdriven import perform_self_driven
 from memgap.series import MemorySeries
 from memgap.spec import RunSpec
 from memgap.store import Store
-from memgap.units import format_bytes
-
-LOG_TAIL_LINES = 30
-
-
-class RunObserver(Protocol):
-    def phase(self, environment: str, phase: str) -> None: ...
-
-    def request_done(self, environment: str, record: RequestRecord, done: int, total: int) -> None: ...
 
 
 class _Silent:
@@ -55,18 +54,6 @@ class _Silent:
 
     def request_done(self, environment: str, record: RequestRecord, done: int, total: int) -> None:
         return None
-
-
-@dataclass
-class RunOutcome:
-    """Everything one run produced, before it is stored: the record and the raw data
-    kept beside it. A Ray node returns this to the driver, which alone writes the store."""
-
-    record: dict[str, Any]
-    engine_log: str
-    requests: list[dict[str, Any]]
-    series: dict[str, Any] | None
-    interrupted: bool = False
 
 
 class EngineFailed(Exception):
@@ -81,10 +68,6 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def wait_ready(
@@ -127,60 +110,6 @@ def _metrics_fetcher(url: str) -> Callable[[], str | None]:
     return fetch
 
 
-DIED_BEFORE_READY = "before it was ready"
-DIED_DURING_WORKLOAD = "during the workload"
-
-
-def describe_failure(
-    when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None, oom_killed: bool | None = None
-) -> str:
-    """One line naming what happened to the engine and the evidence for it.
-    ``oom_killed``: what a container engine says (docker/podman ``State.OOMKilled``)."""
-    if when not in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD):
-        return when
-    cg = cgroup_final or {}
-    oom = cg.get("oom_kill_count")
-    if oom_killed:
-        # The container's cgroup goes with it, so its counters are the last reading taken
-        # before it exited; the container engine's flag is the kernel's OOM event.
-        limit = cg.get("limit_bytes")
-        parts = ["container State.OOMKilled=true", f"exit status {exit_status}"]
-        if limit is not None:
-            parts.append(f"limit {format_bytes(limit)}")
-        if cg.get("failcnt"):
-            parts.append(f"cgroup failcnt {cg['failcnt']}")
-        if oom:
-            parts.append(f"cgroup oom_kill count {oom}")
-        return f"engine was OOM-killed {when} ({'; '.join(parts)})"
-    peak, limit = cg.get("peak_bytes"), cg.get("limit_bytes")
-    if not oom and exit_status in (137, -9) and peak is not None and limit is not None and peak >= limit:
-        # The cgroup (a container's) was gone before its oom_kill counter could be read;
-        # SIGKILL with the watermark at the limit is the kernel's OOM killer at work.
-        return (f"engine was OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup's "
-                f"peak at the limit {format_bytes(limit)})")
-    if oom:
-        limit = cg.get("limit_bytes")
-        lim = f", limit {format_bytes(limit)}" if limit is not None else ""
-        # unshare reports its child's death by SIGKILL as its own exit status 1; the
-        # cgroup's OOM counter is the evidence that the kernel did it.
-        return f"engine was OOM-killed {when} (cgroup oom_kill count {oom}{lim}; exit status {exit_status})"
-    if exit_status is not None and exit_status < 0:
-        return f"engine killed by signal {-exit_status} {when}"
-    if exit_status is None:  # an attached engine is not memgap's child
-        return f"engine went away {when} (its exit status is not visible to memgap)"
-    return f"engine exited with status {exit_status} {when}"
-
-
-_PORT_IN_USE = ("address already in use", "couldn't bind http server socket", "port is already allocated")
-
-
-def port_in_use(log_text: str) -> bool:
-    """Whether the engine (or the container engine publishing its port) said the port
-    was taken; the runner picks a free port, but another process may take it first."""
-    low = log_text[-20000:].lower()
-    return any(m in low for m in _PORT_IN_USE)
-
-
 def execute_run(
     spec: RunSpec,
     store: Store,
@@ -216,7 +145,7 @@ def perform_run(
     attach = spec.environment.attach
     model = model_identity(any_engine, required=attach is None)
     if getattr(any_engine, "self_driven", False):
-        return _perform_self_driven(spec, cast("SelfDrivenEngine", any_engine), env, obs, run_id, created_at, model)
+        return perform_self_driven(spec, cast("SelfDrivenEngine", any_engine), env, obs, run_id, created_at, model)
     engine = cast("Engine", any_engine)
     # One folder per run, removed with it: the engine's log and, in scratch/, the engine's
     # temporary files and caches (one folder, so that what a SIGKILLed memgap leaves is one).
@@ -373,142 +302,3 @@ def _attached_notes(info: dict[str, Any], model: ModelFile | None, spec: RunSpec
     why = "no --model given" if given is None else f"--model {given!r} is not a local file or folder"
     notes = [*info.get("not_measured", []), {"what": "model identity", "why": f"{why}: its digest and size are unknown"}]
     return {**info, "not_measured": notes}
-
-
-def _perform_self_driven(
-    spec: RunSpec, engine: SelfDrivenEngine, env: Environment, obs: RunObserver, run_id: str, created_at: str,
-    model: ModelFile | None,
-) -> RunOutcome:
-    """An engine that drives its own load (trtllm-bench): its steps in the environment,
-    memory sampled during the measured one, the workload's figures from its own report
-    (kept verbatim after the log, behind REPORT_MARKER)."""
-    name = spec.environment.name
-    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="memgap-scratch-") as workdir:
-        obs.phase(name, "starting engine")
-        out = run_steps(engine.steps(Path(workdir)), env, spec, run_dir=Path(tmp), run_id=run_id,
-                        phase=lambda p: obs.phase(name, p))
-        summary, report_text = engine.workload_summary(Path(workdir))
-    log_text = out.log_text + (REPORT_MARKER + report_text if report_text is not None else "")
-    report = engine.parse_log(log_text)
-    info = {**out.env_run_info, "self_driven": {
-        "steps": [s.to_dict() for s in out.steps],
-        "report": {k: (summary or {}).get(k) for k in ("source", "missing", "tpot_s")} if summary else None,
-    }}
-    failure, info = after_run(_steps_failure(out, summary, report_text), interrupted=out.interrupted,
-                              engine=engine.name, report=report.to_dict(), log_text=log_text,
-                              cgroup_final=out.cgroup_final, env_info=info, series=out.series, created_at=created_at,
-                              exit_status=out.exit_status)  # what memgap diagnosed (issue 14), as for a served run
-    status = "ok" if failure is None else "failed"
-    measured = next((s for s in out.steps if s.measured), None)
-    record = build_record(
-        run_id=run_id, created_at=created_at, config=spec, engine=engine,
-        model_sha256=model.sha256 if model else None, model_name=model.name if model else None,
-        model_size_bytes=model.size_bytes if model else None, env=env, status=status, failure=failure,
-        log_tail_text=log_tail(log_text.partition(REPORT_MARKER)[0]) if failure else None, ready_s=out.ready_s,
-        exit_status=out.exit_status, cgroup_final=out.cgroup_final, report=report.to_dict(),
-        summary=summary, memory=memory_summary(out.series) if out.series is not None else None,
-        command=measured.argv if measured else [], env_run_info=info,
-    )
-    obs.phase(name, f"done ({status})")
-    return RunOutcome(record=record, engine_log=log_text, requests=[],
-                      series=out.series.to_dict() if out.series is not None else None, interrupted=out.interrupted)
-
-
-def _steps_failure(out: StepsOutcome, summary: dict[str, Any] | None, report_text: str | None) -> str | None:
-    step = out.failed_step
-    if out.interrupted:
-        return "interrupted (Ctrl-C or SIGTERM)"
-    if out.start_error is not None:
-        return out.start_error
-    if step is not None and out.timed_out_s is not None:
-        return f"the {step.name} step was still running after {out.timed_out_s:.0f} s and was stopped"
-    if step is not None:
-        when = DIED_DURING_WORKLOAD if step.measured else DIED_BEFORE_READY
-        cg = out.cgroup_final if step.measured else None
-        return f"{step.name} step: " + describe_failure(when, step.exit_status, cg, out.env_run_info.get("oom_killed"))
-    if report_text is None:
-        return "the measured step exited 0 but wrote no report (--report_json)"
-    if summary is None:
-        return "the engine's report is not a readable JSON object"
-    if not summary.get("requests_ok"):
-        return "the engine's report counts no completed request"
-    return None
-
-
-def build_record(
-    *,
-    run_id: str,
-    created_at: str,
-    config: RunSpec,
-    engine: Engine | SelfDrivenEngine,
-    model_sha256: str | None,
-    model_name: str | None,
-    model_size_bytes: int | None,
-    env: Environment,
-    status: str,
-    failure: str | None,
-    log_tail_text: str | None,
-    ready_s: float | None,
-    exit_status: int | None,
-    cgroup_final: dict[str, Any] | None,
-    report: dict[str, Any],
-    summary: dict[str, Any] | None,
-    memory: dict[str, Any] | None,
-    command: list[str],
-    env_run_info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    s = summary or {}
-
-    def pct(name: str) -> dict[str, Any]:
-        p = s.get(name) or {}
-        return {k: p.get(k) for k in ("p50", "p90", "p99", "mean", "n")}
-
-    mem = memory or {}
-    return RunRecord.model_validate({
-        "record_version": RECORD_VERSION,
-        "run_id": run_id,
-        "study_id": config.study_id,
-        "label": config.label,
-        "created_at": created_at,
-        "finished_at": utc_timestamp(),
-        "environment": config.environment.name,
-        "environment_info": {**env.describe(), **(env_run_info or {})},
-        "engine": engine.name,
-        "engine_version": engine.version(),
-        "engine_options": engine.options(),
-        "engine_command": command,
-        "model": model_name,
-        "model_sha256": model_sha256,
-        "model_size_bytes": model_size_bytes,
-        "status": status,
-        "failure": failure,
-        "failure_log_tail": log_tail_text,
-        "ready_s": ready_s,
-        "engine_exit_status": exit_status,
-        "workload": config.workload.to_dict(),
-        "sampler": {"rate_hz": config.sampler.rate_hz, "smaps_interval_s": config.sampler.smaps_interval_s,
-                    "full_rate_hz": min(config.sampler.full_rate_hz, config.sampler.rate_hz)},
-        # What produced this run, whole: `memgap rerun RUN_ID` runs it again.
-        "spec": config.to_dict(),
-        "requests_ok": s.get("requests_ok", 0),
-        "requests_errored": s.get("requests_errored", 0),
-        "errors_by_kind": s.get("errors_by_kind", {}),
-        "output_tokens": s.get("output_tokens", 0),
-        "output_tokens_per_s": s.get("output_tokens_per_s"),
-        "request_throughput_per_s": s.get("request_throughput_per_s"),
-        "workload_duration_s": s.get("duration_s"),
-        "token_count_mismatches": s.get("token_count_mismatches"),
-        # Every run starts its own engine process, so no prompt (prefix) cache carries over
-        # from an earlier run; hits within this run are counted (e.g. a shared chat template).
-        "prefix_cache": "fresh engine process per run",
-        "prompt_cache_hits": s.get("prompt_cache_hits"),
-        "ttft_s": pct("ttft_s"),
-        "itl_s": pct("itl_s"),
-        "e2e_s": pct("e2e_s"),
-        "queue_delay_s": pct("queue_delay_s"),
-        "engine_report": report,
-        "memory": mem,
-        "cgroup_final": cgroup_final,
-        "host": host_facts(),
-    }).to_dict()

@@ -1,12 +1,13 @@
 """Engines that drive their own workload (trtllm-bench): their steps run in order in the
 run's environment and scratch folder, each launched like an engine command; the sampler
 runs during the measured step (throughput). Readiness is "the step is running", success
-is exit status 0 of every step. The runner turns the outcome into a record."""
+is exit status 0 of every step. ``perform_self_driven`` turns the outcome into a record."""
 
 from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from memgap.collect.cgroup import cgroup_counters
-from memgap.engines.base import EngineStep
+from memgap.diagnose.run import after_run
+from memgap.engines.base import REPORT_MARKER, EngineStep, ModelFile, SelfDrivenEngine
 from memgap.envs import LaunchSpec, RunningEngine
 from memgap.envs.base import Environment
+from memgap.memory import memory_summary
+from memgap.outcome import (
+    DIED_BEFORE_READY,
+    DIED_DURING_WORKLOAD,
+    RunObserver,
+    RunOutcome,
+    build_record,
+    describe_failure,
+    log_tail,
+)
 from memgap.sampler import Sampler
 from memgap.series import MemorySeries
 from memgap.spec import RunSpec
@@ -136,3 +148,66 @@ def run_steps(
             break
     out.log_text = "\n".join(logs)
     return out
+
+
+def perform_self_driven(
+    spec: RunSpec, engine: SelfDrivenEngine, env: Environment, obs: RunObserver, run_id: str, created_at: str,
+    model: ModelFile | None,
+) -> RunOutcome:
+    """An engine that drives its own load (trtllm-bench): its steps in the environment,
+    memory sampled during the measured one, the workload's figures from its own report
+    (kept verbatim after the log, behind REPORT_MARKER)."""
+    name = spec.environment.name
+    # One folder per run, removed with it; the engine's scratch folder inside it.
+    with tempfile.TemporaryDirectory(prefix="memgap-run-") as tmp:
+        workdir = Path(tmp) / "scratch"
+        workdir.mkdir()
+        obs.phase(name, "starting engine")
+        out = run_steps(engine.steps(workdir), env, spec, run_dir=Path(tmp), run_id=run_id,
+                        phase=lambda p: obs.phase(name, p))
+        summary, report_text = engine.workload_summary(workdir)
+    log_text = out.log_text + (REPORT_MARKER + report_text if report_text is not None else "")
+    report = engine.parse_log(log_text)
+    info = {**out.env_run_info, "self_driven": {
+        "steps": [s.to_dict() for s in out.steps],
+        "report": {k: (summary or {}).get(k) for k in ("source", "missing", "tpot_s")} if summary else None,
+    }}
+    failure, info = after_run(steps_failure(out, summary, report_text), interrupted=out.interrupted,
+                              engine=engine.name, report=report.to_dict(), log_text=log_text,
+                              cgroup_final=out.cgroup_final, env_info=info, series=out.series, created_at=created_at,
+                              exit_status=out.exit_status)  # what memgap diagnosed (issue 14), as for a served run
+    status = "ok" if failure is None else "failed"
+    measured = next((s for s in out.steps if s.measured), None)
+    record = build_record(
+        run_id=run_id, created_at=created_at, config=spec, engine=engine,
+        model_sha256=model.sha256 if model else None, model_name=model.name if model else None,
+        model_size_bytes=model.size_bytes if model else None, env=env, status=status, failure=failure,
+        log_tail_text=log_tail(log_text.partition(REPORT_MARKER)[0]) if failure else None, ready_s=out.ready_s,
+        exit_status=out.exit_status, cgroup_final=out.cgroup_final, report=report.to_dict(),
+        summary=summary, memory=memory_summary(out.series) if out.series is not None else None,
+        command=measured.argv if measured else [], env_run_info=info,
+    )
+    obs.phase(name, f"done ({status})")
+    return RunOutcome(record=record, engine_log=log_text, requests=[],
+                      series=out.series.to_dict() if out.series is not None else None, interrupted=out.interrupted)
+
+
+def steps_failure(out: StepsOutcome, summary: dict[str, Any] | None, report_text: str | None) -> str | None:
+    step = out.failed_step
+    if out.interrupted:
+        return "interrupted (Ctrl-C or SIGTERM)"
+    if out.start_error is not None:
+        return out.start_error
+    if step is not None and out.timed_out_s is not None:
+        return f"the {step.name} step was still running after {out.timed_out_s:.0f} s and was stopped"
+    if step is not None:
+        when = DIED_DURING_WORKLOAD if step.measured else DIED_BEFORE_READY
+        cg = out.cgroup_final if step.measured else None
+        return f"{step.name} step: " + describe_failure(when, step.exit_status, cg, out.env_run_info.get("oom_killed"))
+    if report_text is None:
+        return "the measured step exited 0 but wrote no report (--report_json)"
+    if summary is None:
+        return "the engine's report is not a readable JSON object"
+    if not summary.get("requests_ok"):
+        return "the engine's report counts no completed request"
+    return None

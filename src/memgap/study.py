@@ -34,8 +34,9 @@ from memgap.matrix import (
     page_cache_action,
     plan_runs,
 )
+from memgap.outcome import RunObserver
 from memgap.record import utc_timestamp
-from memgap.runner import RunObserver, execute_run
+from memgap.runner import execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store, StoredRun
 

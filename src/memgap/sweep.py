@@ -37,7 +37,8 @@ from memgap.errors import UsageError
 from memgap.load.slo import SLO
 from memgap.load.spec import WorkloadSpec
 from memgap.nested import value_at
-from memgap.runner import RunObserver, execute_run
+from memgap.outcome import RunObserver
+from memgap.runner import execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store
 

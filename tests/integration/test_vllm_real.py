@@ -37,8 +37,9 @@ from memgap.engines.vllm import default_model, default_python
 from memgap.kv import kv_dtype
 from memgap.load.spec import WorkloadSpec
 from memgap.modelcfg import read_model_config
+from memgap.outcome import RunOutcome
 from memgap.probe import Assumptions, VllmCpuAssumptions, evaluate, gather
-from memgap.runner import RunOutcome, perform_run
+from memgap.runner import perform_run
 from memgap.sizing import KvBudget
 from memgap.spec import ContainerSpec, EnvironmentSpec, RunSpec, SamplerConfig, Timeouts, VllmSpec
 

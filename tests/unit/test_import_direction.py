@@ -28,7 +28,7 @@ LOWER = ("memgap.analysis", "memgap.report")  # the packages whose imports are c
 FORBIDDEN = (
     "memgap.runner", "memgap.envs", "memgap.load.client", "memgap.load.http1", "memgap.load.request",
     "memgap.sweep", "memgap.study", "memgap.fleet", "memgap.sampler", "memgap.cli", "memgap.capacity_run",
-    "memgap.diagnose.run",
+    "memgap.diagnose.run", "memgap.outcome", "memgap.selfdriven",
 )  # fmt: skip
 # Of the engines package only the pure parsers and types may be reached: anything else
 # there is an adapter that launches an engine (llamacpp, vllm, sglang, trtllm, registry, ...).

@@ -12,12 +12,8 @@ import pytest
 from memgap.engines.base import EngineCommand, ModelFile
 from memgap.engines.report import EngineReport
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import (
-    DIED_BEFORE_READY,
-    DIED_DURING_WORKLOAD,
-    describe_failure,
-    execute_run,
-)
+from memgap.outcome import DIED_BEFORE_READY, DIED_DURING_WORKLOAD, describe_failure
+from memgap.runner import execute_run
 from memgap.spec import RunSpec
 from memgap.store import Store
 

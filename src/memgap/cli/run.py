@@ -26,7 +26,8 @@ from memgap.errors import Interrupted, UsageError
 from memgap.load.records import RequestRecord
 from memgap.load.slo import goodput, parse_slo
 from memgap.load.spec import WorkloadSpec
-from memgap.runner import RECORD_VERSION, execute_run, model_identity
+from memgap.record import RECORD_VERSION
+from memgap.runner import execute_run, model_identity
 from memgap.spec import ENGINES, ENVIRONMENTS, LlamaCppSpec, RunSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 

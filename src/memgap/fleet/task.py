@@ -27,7 +27,8 @@ from memgap.errors import MemgapError
 from memgap.experiment import CooldownSection
 from memgap.hostinfo import host_facts
 from memgap.matrix import cool_down, page_cache_action
-from memgap.runner import RunOutcome, perform_run
+from memgap.outcome import RunOutcome
+from memgap.runner import perform_run
 from memgap.spec import RunSpec
 
 

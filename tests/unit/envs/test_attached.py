@@ -22,7 +22,8 @@ from memgap.envs.attached import AttachedEnvironment, copy_log, resolve_target
 from memgap.envs.base import LaunchSpec
 from memgap.envs.container import ContainerCli, ContainerState
 from memgap.errors import EnvironmentUnavailable, UsageError
-from memgap.runner import describe_failure, perform_run
+from memgap.outcome import describe_failure
+from memgap.runner import perform_run
 from memgap.spec import AttachSpec, RunSpec
 
 HERE = Path(__file__).resolve().parent

@@ -181,7 +181,7 @@ def test_an_oom_killed_container_reports_exit_status_and_flag() -> None:
 
 
 def test_container_oom_flag_with_the_last_cgroup_reading_is_the_evidence() -> None:
-    from memgap.runner import DIED_BEFORE_READY, describe_failure
+    from memgap.outcome import DIED_BEFORE_READY, describe_failure
 
     cg = {"limit_bytes": 100 * 2**20, "failcnt": 3, "oom_kill_count": 1, "peak_bytes": 100 * 2**20}
     msg = describe_failure(DIED_BEFORE_READY, 137, cg, oom_killed=True)
@@ -191,7 +191,7 @@ def test_container_oom_flag_with_the_last_cgroup_reading_is_the_evidence() -> No
 
 
 def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
-    from memgap.runner import DIED_DURING_WORKLOAD, describe_failure
+    from memgap.outcome import DIED_DURING_WORKLOAD, describe_failure
 
     at_limit = {"limit_bytes": 2**27, "peak_bytes": 2**27, "oom_kill_count": None}
     assert "OOM-killed during the workload" in describe_failure(DIED_DURING_WORKLOAD, 137, at_limit)
@@ -211,7 +211,7 @@ def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
     ],
 )
 def test_port_in_use_is_recognised_in_the_log(log: str, taken: bool) -> None:
-    from memgap.runner import port_in_use
+    from memgap.outcome import port_in_use
 
     assert port_in_use(log) is taken
 

@@ -63,7 +63,7 @@ def test_failed_run_and_missing_figures_are_none() -> None:
 
 def test_record_has_the_same_top_level_keys_as_memgap_runs() -> None:
     from memgap.load.spec import WorkloadSpec
-    from memgap.runner import build_record
+    from memgap.outcome import build_record
     from memgap.spec import RunSpec
 
     class Eng:
