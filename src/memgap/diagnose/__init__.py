@@ -3,7 +3,7 @@ again (issue 14), each from evidence memgap reads: engine logs, host meminfo and
 kernel's reserve, cgroup counters, the processes holding memory, and NVML.
 
 The rules are pure functions of that evidence (:mod:`.refusal`, :mod:`.limits`,
-:mod:`.shm`, :mod:`.pagecache`, :mod:`.reserve`, :mod:`.gpu_source`); the thin readers
+:mod:`.shm`, :mod:`.pagecache`, :mod:`.reserve`, :mod:`.gpu_source`, :mod:`.maxlen`); the thin readers
 take an injected ``proc_root`` (:mod:`.holders`, :mod:`.reserve`). Four places call in,
 each through one line: a failed run's cause (:mod:`.run`), ``memgap probe`` and
 ``memgap doctor`` before a run (:mod:`.machine`), and ``explain`` after two runs
@@ -20,4 +20,5 @@ The cases (README, "What memgap checks"):
 6. the kernel's reserve (vm.min_free_kbytes, watermarks) lowers MemAvailable
 7. GPU memory the cgroup does not see, read from NVML per process where device-wide
    memory info is "Not Supported"
+8. the KV cache cannot hold one request of max_model_len, so vLLM refuses to start
 """

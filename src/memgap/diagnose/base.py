@@ -19,6 +19,8 @@ LIMIT_NOT_READ = "memory_limit_not_read_oom"  # 4
 SMALL_SHM = "dev_shm_too_small"  # 5
 KERNEL_RESERVE = "kernel_reserve"  # 6
 GPU_OUTSIDE_CGROUP = "gpu_memory_outside_cgroup"  # 7
+KV_BELOW_MAX_LEN = "kv_cache_below_max_model_len"  # 8
+NO_MEMORY_FOR_KV = "no_memory_left_for_kv_cache"  # 8
 
 
 def _frozen() -> Mapping[str, Any]:

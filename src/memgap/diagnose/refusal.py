@@ -21,6 +21,7 @@ from typing import Any
 
 from memgap.diagnose.base import HELD_BY_ENGINE, HELD_BY_PROCESSES, Diagnosis, gib
 from memgap.diagnose.holders import ENGINE_NAMES, Holder
+from memgap.diagnose.maxlen import is_kv_refusal
 
 MAX_NAMED = 4
 NAMED_FLOOR_BYTES = 128 << 20  # smaller holders are counted together, not named
@@ -35,7 +36,7 @@ def _compared(report: Mapping[str, Any]) -> dict[str, Any] | None:
     """What the engine compared: where, what it had, what it wanted, and why it wanted
     that. None when the report holds no refusal of a kind read here."""
     refusal = report.get("refusal")
-    if not refusal:
+    if not refusal or is_kv_refusal(refusal):  # the cache's own size, not memory others held (maxlen)
         return None
     total, util = _get(report, "device_total_bytes"), _get(report, "kv_fraction")
     if refusal.startswith("Free memory on device"):

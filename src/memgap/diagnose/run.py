@@ -24,6 +24,7 @@ from memgap.diagnose.holders import (
     with_gpu,
 )
 from memgap.diagnose.limits import oom_cause
+from memgap.diagnose.maxlen import max_len_cause
 from memgap.diagnose.refusal import refusal_cause
 from memgap.diagnose.shm import container_shm, find_signature, shm_cause, shm_use
 
@@ -61,7 +62,9 @@ def diagnose_failure(failure: str, *, engine: str, report: Mapping[str, Any], lo
     """Every diagnosis of a failed run (pure but for ``holders``, asked only when the
     engine refused for want of memory)."""
     out: list[Diagnosis] = []
-    if report.get("refusal"):
+    if (d := max_len_cause(report, engine=_name(engine))) is not None:
+        out.append(d)
+    elif report.get("refusal"):
         host, gpu = holders()
         d = refusal_cause(report, host, engine=engine, gpu_holders=gpu)
         if d is not None:

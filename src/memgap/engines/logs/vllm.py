@@ -163,7 +163,27 @@ _BLOCKS_RE = re.compile(r"# \w+ blocks: ([0-9][0-9,]*), # CPU blocks: ([0-9][0-9
 # prefix ("[cpu_worker.py:92]", "[cpu_model_runner.py:68]") tell the platform.
 _CPU_SOURCE_RE = re.compile(r"\[cpu_(?:worker|model_runner)\.py:\d+\]")
 
-_REFUSAL_START_RE = re.compile(r"Free memory on device|Available memory on node")
+# vllm/v1/core/kv_cache_utils.py (0.11.0 and 0.32.0): "Overriding num_gpu_blocks=%d with
+# num_gpu_blocks_override=%d". The cache is then that many blocks: the KV size the
+# sizing line printed (the budget) shrinks by the same factor.
+_OVERRIDE_RE = re.compile(r"Overriding num_gpu_blocks=(\d+) with num_gpu_blocks_override=(\d+)")
+# The cache cannot hold one request of max_model_len (kv_cache_utils.py
+# _check_enough_kv_cache_memory, 0.32.0; "models's" and "%.2f" sizes in 0.8-0.11):
+#   f"To serve at least one request with the model's max seq len ({max_model_len}),
+#   ({needed} GiB KV cache is needed, which is larger than the available KV cache memory
+#   ({available} GiB). Based on the available memory, the estimated maximum model length
+#   is {n}. Try increasing `gpu_memory_utilization` ... or decreasing `max_model_len` ..."
+# (the estimate is left out when it is 0), and with nothing left for the cache at all:
+#   "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` ..."
+_MAX_LEN_REFUSAL_RE = re.compile(
+    rf"To serve at least one request with the models?'s max seq len \((\d+)\), \(?({NUM}) ?GiB KV "
+    rf"cache is needed, which is larger than the available KV cache memory \(({NUM}) ?GiB\)\."
+    rf"(?: Based on the available memory, the estimated maximum model length is (\d+)\.)?"
+)
+_NO_CACHE_MEMORY_RE = re.compile(r"No available memory for the cache blocks\.")
+
+_REFUSAL_START_RE = re.compile(r"Free memory on device|Available memory on node|To serve at least one request|"
+                               r"No available memory for the cache blocks")
 
 
 def parse(text: str) -> EngineReport:
@@ -241,6 +261,20 @@ def parse(text: str) -> EngineReport:
             f.fig("kv_cache_blocks", to_int(m.group(1)), line)
             f.note("cpu_blocks", to_int(m.group(2)), line)
             seen("gpu-v0")
+        if m := _OVERRIDE_RE.search(line):
+            f.note("blocks_from_memory", to_int(m.group(1)), line)
+            f.fig("kv_cache_blocks", to_int(m.group(2)), line)
+        if m := _MAX_LEN_REFUSAL_RE.search(line):
+            f.note("max_model_len", to_int(m.group(1)), line)
+            # 0.0 GiB is a size under 5 MiB the line cannot give, not a size of 0
+            f.note("kv_needed_bytes", to_bytes(m.group(2), GiB) or None, line)
+            f.note("kv_available_bytes", to_bytes(m.group(3), GiB) or None, line)
+            f.note("estimated_max_model_len", to_int(m.group(4)) if m.group(4) else None, line)
+            refusal = _refusal_text(line)
+        elif _NO_CACHE_MEMORY_RE.search(line):
+            f.note("kv_available_bytes", 0, line)
+            refusal = _refusal_text(line)
+    _apply_override(f)
     pool = f.extra.get("cuda_graph_pool_bytes")
     if "compute_bytes" not in f.figures and isinstance(pool, int):
         f.figures["compute_bytes"] = pool
@@ -254,6 +288,15 @@ def parse(text: str) -> EngineReport:
     return report.with_coverage(
         EXPECTED[variant or DEFAULT_VARIANT], variant=variant, found_any=bool(f.evidence)
     )
+
+
+def _apply_override(f: Found) -> None:
+    """A block-count override: the cache is the overriding count of blocks, not the budget
+    the sizing line printed, which is kept as ``kv_budget_bytes``."""
+    have, blocks, kv = f.extra.get("blocks_from_memory"), f.figures.get("kv_cache_blocks"), f.figures.get("kv_cache_bytes")
+    if isinstance(have, int) and have > 0 and isinstance(blocks, int) and kv is not None:
+        f.extra["kv_budget_bytes"] = int(kv)
+        f.figures["kv_cache_bytes"] = int(round(kv * blocks / have))
 
 
 def _profile_line(f: Found, line: str) -> bool:

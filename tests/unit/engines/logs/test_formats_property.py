@@ -112,6 +112,23 @@ VLLM = [
         f"CPU memory utilization ({v['u']}, {v['c2']} GiB). On the CPU backend, ..."),
         lambda v: {"node_available_bytes": gib(v["a"]), "device_total_bytes": gib(v["b"]),
                    "kv_fraction": float(v["u"]), "requested_bytes": gib(v["c2"])}),
+    # kv_cache_utils.py _check_enough_kv_cache_memory: 0.32.0 (format_gib), and the
+    # older "models's" with %.2f and an empty estimate
+    Template("vllm", lambda v: (
+        f"ValueError: To serve at least one request with the model's max seq len ({v['n']}), ({v['a']} GiB KV "
+        f"cache is needed, which is larger than the available KV cache memory ({v['b']} GiB). Based on the available "
+        f"memory, the estimated maximum model length is {v['m']}. Try increasing `gpu_memory_utilization` ..."),
+        lambda v: {"max_model_len": v["n"], "kv_needed_bytes": gib(v["a"]) or None,
+                   "kv_available_bytes": gib(v["b"]) or None, "estimated_max_model_len": v["m"]}),
+    Template("vllm", lambda v: (
+        f"ValueError: To serve at least one request with the models's max seq len ({v['n']}), "
+        f"({float(v['a']):.2f} GiB KV cache is needed, which is larger than the available KV cache memory "
+        f"({float(v['b']):.2f} GiB).  Try increasing `gpu_memory_utilization` or decreasing `max_model_len` ..."),
+        lambda v: {"max_model_len": v["n"], "kv_needed_bytes": gib("%.2f" % float(v["a"])) or None,
+                   "kv_available_bytes": gib("%.2f" % float(v["b"])) or None, "estimated_max_model_len": None}),
+    # kv_cache_utils.py get_num_blocks: "Overriding num_gpu_blocks=%d with num_gpu_blocks_override=%d"
+    Template("vllm", lambda v: f"Overriding num_gpu_blocks={v['n']} with num_gpu_blocks_override={v['m']}",
+             lambda v: {"blocks_from_memory": v["n"], "kv_cache_blocks": v["m"]}),
 ]
 
 # SGLang: python/sglang/srt/model_executor/model_runner.py, mem_cache/memory_pool.py,
