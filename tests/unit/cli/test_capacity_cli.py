@@ -157,20 +157,24 @@ def test_a_rate_search_plan(fake: list[FakeRuns], tmp_path: Path, capsys: pytest
 
 def test_a_vllm_budget_too_small_for_max_model_len_is_refused_before_any_start(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "c.db"
-    base = ["capacity", "--engine", "vllm", "--slo", "ttft_p99_s<=1", "--set", "engine.max_model_len=512",
-            "--store", str(db), "--dry-run"]  # fmt: skip
-    # 512 tokens = 16 blocks of 32, one of them kept back by vLLM: a request of 512 does not fit
-    assert main([*base, "--arm", "native:512"]) == 2
-    err = capsys.readouterr().err
-    assert ("KV budget 512 tokens: vLLM would get 16 blocks of 32 and keeps 1 back, so one request of "
-            "engine.max_model_len 512 would not fit and it would refuse to start; give at least 544 tokens") in err
-    assert main([*base, "--arm", "native:544"]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    engine = plan["settings"]["base"]["engine"]
-    assert engine["kind"] == "vllm" and not db.exists()
     from memgap.capacity import CapacitySettings
     from memgap.cli.capacity import arm_spec
 
-    spec = arm_spec(CapacitySettings.from_dict(plan["settings"]), CapacitySettings.from_dict(plan["settings"]).arms[0])
-    assert spec.engine.block_size == 32 and "--num-gpu-blocks-override=17" in spec.engine.extra_args
+    db = tmp_path / "c.db"
+    base = ["capacity", "--engine", "vllm", "--slo", "ttft_p99_s<=1", "--set", "engine.max_model_len=512",
+            "--store", str(db), "--dry-run"]  # fmt: skip
+    # vLLM's default block: 128 tokens on a CPU, 16 on a GPU; it keeps one block back, so a
+    # request of 512 needs 5 blocks of 128 (640 tokens) or 33 of 16 (528)
+    for device, small, enough, blocks, block in (("cpu", 512, 640, 5, 128), ("cuda", 512, 528, 33, 16)):
+        args = [*base, "--set", f"engine.device={device}"]
+        assert main([*args, "--arm", f"native:{small}"]) == 2
+        err = capsys.readouterr().err
+        assert (f"KV budget {small} tokens: vLLM would get {small // block} blocks of {block} and keeps 1 back, so "
+                "one request of engine.max_model_len 512 would not fit and it would refuse to start; give at least "
+                f"{enough} tokens") in err, err
+        assert main([*args, "--arm", f"native:{enough}"]) == 0
+        settings = CapacitySettings.from_dict(json.loads(capsys.readouterr().out)["settings"])
+        spec = arm_spec(settings, settings.arms[0])
+        assert spec.engine.kind == "vllm" and spec.engine.block_size == block
+        assert f"--num-gpu-blocks-override={blocks}" in spec.engine.extra_args
+    assert not db.exists()
