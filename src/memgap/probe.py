@@ -66,6 +66,7 @@ class VllmCpuAssumptions:
     utilizations: Sequence[float] = (VLLM_CPU_DEFAULT_UTILIZATION, 0.92)  # memgap's CPU default, vLLM's
     costs: CpuEngineCosts = CpuEngineCosts()
     block_size: int = sizing.VLLM_CPU_BLOCK_SIZE
+    max_model_len: int | None = None  # a start whose cache cannot hold one such request is refused
 
 
 @dataclass(frozen=True)
@@ -320,10 +321,11 @@ def vllm_cpu_scenario(m: Measured, a: Assumptions) -> Scenario | None:
     budgets: list[KvBudget] = []
     if v.kv_cache_memory_bytes is not None:
         budgets.append(sizing.vllm_cpu(r, v.costs, kv_cache_memory_bytes=v.kv_cache_memory_bytes,
-                                       bytes_per_token=a.bytes_per_token, block_size=v.block_size))
+                                       bytes_per_token=a.bytes_per_token, block_size=v.block_size,
+                                       max_model_len=v.max_model_len))
     for f in dict.fromkeys((*v.utilizations, *a.fractions)):
         budgets.append(sizing.vllm_cpu(r, v.costs, utilization=f, bytes_per_token=a.bytes_per_token,
-                                       block_size=v.block_size))
+                                       block_size=v.block_size, max_model_len=v.max_model_len))
     limit = "no cgroup limit visible to it" if r.visible_limit_bytes is None else \
         f"sees the cgroup limit {r.visible_limit_bytes} B"
     notes = [f"worker RSS {v.costs.worker_rss_bytes} B and engine {v.costs.engine_bytes} B: {v.costs.source}"]

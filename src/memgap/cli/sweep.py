@@ -24,6 +24,7 @@ from memgap.load.slo import parse_slo
 from memgap.load.spec import WorkloadSpec
 from memgap.report.base import render_text
 from memgap.report.sweep_html import SweepHtmlReporter
+from memgap.sizing import VLLM_CPU_BLOCK_SIZE
 from memgap.spec import LlamaCppSpec, RunSpec, VllmSpec, load_spec_file
 from memgap.store import SCHEMA_VERSION, open_store
 from memgap.sweep import (
@@ -44,7 +45,7 @@ from memgap.units import format_seconds
 # measured here: 64 blocks gave 8,192 tokens), which refuses 16 outright ("No common block
 # size for 16 (CPU_ATTN: [MultipleOf(32)])"). The engine keeps its own block size; memgap
 # sets only the count.
-VLLM_DEFAULT_BLOCK_SIZE = {"cuda": 16, "cpu": 128}
+VLLM_DEFAULT_BLOCK_SIZE = {"cuda": 16, "cpu": VLLM_CPU_BLOCK_SIZE}
 
 # llama.cpp pads each sequence's share of the context to 256 cells (measured: --ctx-size 192
 # --parallel 4 allocated 1024 cells), so a budget below 256 x slots is not what it asked for.

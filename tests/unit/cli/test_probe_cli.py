@@ -126,3 +126,20 @@ def test_vllm_cpu_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["probe", "--no-nvml", "--memory-limit", "3g"]) == 2  # native: the limit is read, not given
     assert main(["probe", "--no-nvml", "--utilization", "1.2"]) == 2
     assert "--env" in capsys.readouterr().err
+
+
+def test_vllm_cpu_predicts_the_refusal_of_a_cache_too_small_for_max_model_len(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # DeepSeek-R1-Distill-Qwen-7B: 28 layers x 4 KV heads x 128 x 2 (K, V) x 2 bytes = 56 KiB a
+    # token; 64 MiB hold 1,170 tokens, 9 whole blocks of 128, 8 of them usable: 1,024 tokens
+    args = ["--proc-root", str(fake_proc(tmp_path)), "--sys-root", str(fake_sys(tmp_path)), "--weights-bytes", "0",
+            "--model", str(MODELS / "deepseek-r1-distill-qwen-7b"), "--kv-cache-memory", "64MiB",
+            "--worker-rss", "0.63GiB", "--engine-memory", "1.3GB", "--utilization", "0.12"]  # fmt: skip
+    explicit = next(b for b in vllm_cpu(probe_json(capsys, *args, "--max-model-len", "2048"))["budgets"]
+                    if b["rule"] == "vllm-cpu-explicit")
+    assert explicit["kv_budget_bytes"] is None
+    assert explicit["note"] == ("would refuse to start: the KV cache would hold 1152 tokens (9 blocks of 128, 1 kept "
+                                "back), too few for one request of max_model_len 2048; at most 1024 tokens fit")
+    fits = next(b for b in vllm_cpu(probe_json(capsys, *args, "--max-model-len", "1024"))["budgets"]
+                if b["rule"] == "vllm-cpu-explicit")
+    assert fits["kv_budget_bytes"] == 64 * MiB and fits["kv_tokens"] == 1152 and fits["note"] is None
