@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kv_bound_double import KvBoundServer
 from memgap.analysis.capacity_outcome import capacities_in_store, capacity_outcome
 from memgap.capacity import (
     Arm,
@@ -23,7 +24,6 @@ from memgap.capacity import (
 )
 from memgap.capacity_run import new_capacity_id, open_search, run_capacity
 from memgap.errors import UsageError
-from memgap.load.records import RequestRecord
 from memgap.load.slo import parse_slo
 from memgap.spec import LlamaCppSpec, RunSpec
 from memgap.store import Store, open_store
@@ -32,46 +32,7 @@ SLO_TEXT = "ttft_p99_s<=2,errors<=0%"
 SLO = parse_slo(SLO_TEXT)
 
 
-def req(i: int, ttft: float) -> RequestRecord:
-    return RequestRecord(i, False, 0.0, 0.0, ttft, (0.02,) * 7, ttft + 1.0, 8, 8, 64, 200, None)
-
-
 PER_REQUEST = 256  # prompt 64 + output 192
-
-
-class KvBoundServer:
-    """A stand-in for execute_run: slots = --parallel; a request beyond them in its wave
-    waits a generation (3 s) and the engine reports it waiting; prefill costs 0.05 s per
-    request in flight. Stores the run like the runner does."""
-
-    def __init__(self, crash_at: int | None = None, prefill_s: float = 0.05) -> None:
-        self.specs: list[RunSpec] = []
-        self.crash_at = crash_at
-        self.prefill_s = prefill_s
-
-    def __call__(self, spec: RunSpec, store: Store, *, engine: Any, **kw: Any) -> dict[str, Any]:
-        if self.crash_at is not None and len(self.specs) == self.crash_at:
-            raise KeyboardInterrupt  # killed: nothing stored for this point
-        self.specs.append(spec)
-        assert isinstance(spec.engine, LlamaCppSpec)
-        c, n, slots = spec.workload.concurrency, spec.workload.requests, spec.engine.parallel
-        reqs = [req(i, self.prefill_s * min(c, slots) + (3.0 if i % c >= slots else 0.0)) for i in range(n)]
-        waiting = float(max(0, c - slots))
-        run_id = f"run{len(store.runs()) + 1:03d}"
-        record = {
-            "run_id": run_id, "created_at": f"2026-12-01T00:{len(store.runs()) // 60:02d}:{len(store.runs()) % 60:02d}",
-            "status": "ok", "environment": spec.environment.name, "engine": "llamacpp", "label": spec.label,
-            "study_id": spec.study_id, "spec": spec.to_dict(), "workload": spec.workload.to_dict(),
-            "workload_duration_s": 4.0, "requests_ok": n, "requests_errored": 0,
-            "engine_options": {"parallel": slots, "ctx_size": spec.engine.ctx_size},
-            "engine_report": {"kv_cache_tokens": spec.engine.ctx_size},
-        }  # fmt: skip
-        series = {"rate_hz": 1.0, "marks": {"ready": 0.0, "end": 3.0},
-                  "columns": {"t_s": [0.0, 1.0, 2.0, 3.0], "requests_waiting": [0.0, waiting, waiting, 0.0],
-                              "kv_usage_ratio": [0.0, min(c, slots) / slots, 0.5, 0.0],
-                              "preemptions_total": [0.0, 0.0, 0.0, 0.0]}}  # fmt: skip
-        store.add_run(record, requests=[r.to_dict() for r in reqs], series=series)
-        return record
 
 
 def make_settings(cid: str = "capacity-test", **search: Any) -> CapacitySettings:

@@ -4,55 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import memgap.cli.capacity as cli_capacity
+from kv_bound_double import KvBoundServer
 from memgap import capacity_run
 from memgap.cli.main import main
-from memgap.load.records import RequestRecord
-from memgap.spec import LlamaCppSpec, RunSpec
-from memgap.store import Store, open_store
-
-
-class FakeRuns:
-    """Slots = the --parallel the CLI chose ('fit'); a request beyond them in its wave
-    waits a generation (3 s); the engine's queue shows it. ``crash_at``: the point at
-    which the process is killed (nothing stored for it)."""
-
-    def __init__(self, crash_at: int | None = None) -> None:
-        self.specs: list[RunSpec] = []
-        self.crash_at = crash_at
-
-    def __call__(self, spec: RunSpec, store: Store, *, engine: Any, **kw: Any) -> dict[str, Any]:
-        if self.crash_at is not None and len(self.specs) == self.crash_at:
-            raise KeyboardInterrupt
-        self.specs.append(spec)
-        assert isinstance(spec.engine, LlamaCppSpec)
-        c, n, slots = spec.workload.concurrency, spec.workload.requests, spec.engine.parallel
-        ttfts = [0.05 * min(c, slots) + (3.0 if i % c >= slots else 0.0) for i in range(n)]
-        reqs = [RequestRecord(i, False, 0.0, 0.0, t, (0.02,) * 7, t + 1, 8, 8, 64, 200, None) for i, t in enumerate(ttfts)]
-        k = len(store.runs())
-        record = {
-            "run_id": f"run{k:03d}", "created_at": f"2026-12-01T00:{k // 60:02d}:{k % 60:02d}", "status": "ok",
-            "environment": spec.environment.name, "engine": "llamacpp", "label": spec.label, "study_id": spec.study_id,
-            "spec": spec.to_dict(), "workload": spec.workload.to_dict(), "workload_duration_s": 4.0,
-            "requests_ok": n, "requests_errored": 0, "ttft_s": {"p99": max(ttfts)},
-            "engine_options": {"parallel": slots, "ctx_size": spec.engine.ctx_size},
-            "engine_report": {"kv_cache_tokens": spec.engine.ctx_size},
-        }  # fmt: skip
-        waiting = float(max(0, c - slots))
-        series = {"rate_hz": 1.0, "columns": {"t_s": [0.0, 1.0, 2.0], "requests_waiting": [0.0, waiting, 0.0]},
-                  "marks": {"ready": 0.0, "end": 2.0}}  # fmt: skip
-        store.add_run(record, requests=[r.to_dict() for r in reqs], series=series)
-        return record
+from memgap.store import open_store
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> list[FakeRuns]:
-    """The runs the command makes go to the last FakeRuns in the list."""
-    runs = [FakeRuns()]
+def fake(monkeypatch: pytest.MonkeyPatch) -> list[KvBoundServer]:
+    """The runs the command makes go to the last KvBoundServer in the list."""
+    runs = [KvBoundServer()]
     real = capacity_run.run_capacity
     monkeypatch.setattr(cli_capacity, "run_capacity",
                         lambda *a, **k: real(*a, **k, execute=runs[-1], make=lambda e: e))  # fmt: skip
@@ -63,7 +28,7 @@ ARGS = ["capacity", "--ctx-size", "1024", "--ctx-size", "3072", "--prompt-tokens
         "--slo", "ttft_p99_s<=2"]  # fmt: skip
 
 
-def test_two_budgets_json(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_budgets_json(fake: list[KvBoundServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "c.db"
     assert main([*ARGS, "--store", str(db), "--json", "--name", "kv3x"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -82,7 +47,7 @@ def test_two_budgets_json(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.C
         assert st.capacity_search("capacity-kv3x") is not None
         assert len(st.runs(where={"study_id": "capacity-kv3x"})) == out["runs"]
     # the same name and settings again: nothing left to run
-    fake.append(FakeRuns())
+    fake.append(KvBoundServer())
     assert main([*ARGS, "--store", str(db), "--json", "--name", "kv3x"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert fake[-1].specs == [] and again["runs_before"] == again["runs"] == out["runs"]
@@ -91,13 +56,13 @@ def test_two_budgets_json(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.C
     assert "stored with other settings" in capsys.readouterr().err
 
 
-def test_killed_search_resumes_by_id(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_killed_search_resumes_by_id(fake: list[KvBoundServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "c.db"
-    fake[0] = FakeRuns(crash_at=5)
+    fake[0] = KvBoundServer(crash_at=5)
     assert main([*ARGS, "--store", str(db), "--name", "k"]) == 130
     assert "resume with memgap capacity --resume capacity-k" in capsys.readouterr().err
     done = [s.label for s in fake[0].specs]
-    fake.append(FakeRuns())
+    fake.append(KvBoundServer())
     assert main(["capacity", "--resume", "capacity-k", "--store", str(db)]) == 0
     printed = capsys.readouterr()
     assert "resuming after 5 runs" in printed.err
@@ -107,7 +72,7 @@ def test_killed_search_resumes_by_id(fake: list[FakeRuns], tmp_path: Path, capsy
     assert "plan predicts 0.33x the concurrent requests, measured 0.33x (0.33-0.33)" in printed.out
 
 
-def test_dry_run_and_refusals(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_and_refusals(fake: list[KvBoundServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "c.db"
     assert main([*ARGS, "--store", str(db), "--dry-run", "--high", "16"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -134,7 +99,7 @@ def test_arms_named_one_by_one() -> None:
             parse_arm(bad)
 
 
-def test_arm_pairs_an_environment_with_its_own_budget(fake: list[FakeRuns], tmp_path: Path,
+def test_arm_pairs_an_environment_with_its_own_budget(fake: list[KvBoundServer], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     args = ["capacity", "--arm", "native:1024", "--arm", "sandbox:3072", *ARGS[5:], "--store", str(tmp_path / "c.db")]
     assert main([*args, "--dry-run"]) == 0
@@ -144,7 +109,7 @@ def test_arm_pairs_an_environment_with_its_own_budget(fake: list[FakeRuns], tmp_
     assert "--arm names each arm" in capsys.readouterr().err
 
 
-def test_a_rate_search_plan(fake: list[FakeRuns], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rate_search_plan(fake: list[KvBoundServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*ARGS, "--load", "rate", "--low", "0.5", "--high", "8", "--store", str(tmp_path / "c.db"),
                  "--dry-run"]) == 0  # fmt: skip
     plan = json.loads(capsys.readouterr().out)
