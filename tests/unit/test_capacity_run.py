@@ -182,12 +182,12 @@ def test_explain_cites_the_capacity_search_its_two_sides_are_arms_of(store: Stor
     sentence = capacity_citation(store, native, docker)
     assert sentence == ("In capacity search capacity-env, docker/ctx=1024's 3.00\u00d7 smaller KV cache cost 3.00\u00d7 in "
                         "concurrent requests at ttft_p99_s<=2,errors<=0% (boundary 4 [4-4] against 12 [12-12] for "
-                        "native/ctx=3072; plan predicted 3.00\u00d7 less).")  # fmt: skip
+                        "native/ctx=3072; plan predicted 0.33\u00d7).")  # fmt: skip
     # the other way round, it reads from B's side
     assert capacity_citation(store, docker, native) == (
         "In capacity search capacity-env, native/ctx=3072's 3.00\u00d7 larger KV cache gave 3.00\u00d7 the concurrent "
         "requests at ttft_p99_s<=2,errors<=0% (boundary 12 [12-12] against 4 [4-4] for docker/ctx=1024; plan "
-        "predicted 3.00\u00d7 the).")  # fmt: skip
+        "predicted 3.00\u00d7).")  # fmt: skip
     # not two arms of one search: no citation
     assert capacity_citation(store, native, native) is None
     assert capacity_citation(store, native, native + docker) is None

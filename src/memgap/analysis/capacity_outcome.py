@@ -289,28 +289,28 @@ def _times(r: float) -> str:
 def cost_sentence(a: ArmOutcome, b: ArmOutcome, slo_text: str, capacity_id: str) -> str | None:
     """What explain's answer cites for sides A and B of a capacity search: ``In capacity
     search X, B's 3.00× smaller KV cache cost 3.00× in concurrent requests at ttft_p99_s<=2
-    (boundary 4 [4-4] against 12 [12-12] for A; plan predicted 3.00× less).`` None when an
+    (boundary 4 [4-4] against 12 [12-12] for A; plan predicted 0.33×).`` None when an
     arm has no KV size or no measured boundary."""
     c = compare_arms(a, b)
     k, m, p = c["kv_tokens_b_over_a"], c["measured_b_over_a"], c["predicted_b_over_a"]
     if k is None or m is None:
         return None
     what = "concurrent requests" if a.estimate.ladder.kind == "concurrency" else "request rate"
-    served = ("the same" if m == 1 else f"{_times(m)} the" if m > 1 else f"{_times(1 / m)} less") + f" {what}"
+    served = f"it served {_times(m)} the {what}"
     if k < 1:
-        effect = (f"'s {_times(1 / k)} smaller KV cache cost " + (f"{_times(1 / m)} in {what}" if m < 1 else
-                  f"nothing: it served {served}"))
+        effect = f"'s {_times(1 / k)} smaller KV cache cost " + (f"{_times(1 / m)} in {what}" if m < 1 else
+                                                                   f"nothing: {served}")
     elif k > 1:
         effect = f"'s {_times(k)} larger KV cache " + (f"gave {_times(m)} the {what}" if m > 1 else
-                                                        f"gave nothing: it served {served}")
+                                                        f"gave nothing more: {served}")
     else:
-        effect = f" has the same KV cache and served {served}"
+        effect = f" has the same KV cache and {served[3:]}"
 
     def bound(e: Estimate) -> str:
         lo, hi = e.load(e.low_rung), e.load(e.high_rung)
         return _fmt(e.load(e.boundary_rung)) + ("" if lo is None or hi is None else f" [{_fmt(lo)}-{_fmt(hi)}]")
 
-    pred = "" if p is None else f"; plan predicted {_times(p) + ' the' if p >= 1 else _times(1 / p) + ' less'}"
+    pred = "" if p is None else f"; plan predicted {_times(p)}"
     return (f"In capacity search {capacity_id}, {b.arm.name}{effect} at {slo_text} "
             f"(boundary {bound(b.estimate)} against {bound(a.estimate)} for {a.arm.name}{pred}).")
 

@@ -100,11 +100,11 @@ def test_the_cost_sentence_says_when_a_smaller_kv_cache_cost_nothing() -> None:
 
     big, small = arm("native", 2048), arm("docker", 1024)
     assert cost_sentence(big, small, "ttft_p99_s<=2", "capacity-x") == (
-        "In capacity search capacity-x, docker/ctx=1024's 2.00\u00d7 smaller KV cache cost nothing: it served the same "
-        "concurrent requests at ttft_p99_s<=2 (boundary 4 [4-4] against 4 [4-4] for native/ctx=2048; plan predicted "
-        "2.00\u00d7 less).")  # fmt: skip
+        "In capacity search capacity-x, docker/ctx=1024's 2.00\u00d7 smaller KV cache cost nothing: it served "
+        "1.00\u00d7 the concurrent requests at ttft_p99_s<=2 (boundary 4 [4-4] against 4 [4-4] for native/ctx=2048; "
+        "plan predicted 0.50\u00d7).")  # fmt: skip
     same = cost_sentence(big, arm("sandbox", 2048), "ttft_p99_s<=2", "capacity-x")
-    assert same is not None and "sandbox/ctx=2048 has the same KV cache and served the same concurrent requests" in same
-    assert "plan predicted 1.00\u00d7 the" in same
+    assert same is not None and "sandbox/ctx=2048 has the same KV cache and served 1.00\u00d7 the concurrent requests" in same
+    assert "plan predicted 1.00\u00d7)" in same
     # no KV size on one side: nothing to cite
     assert cost_sentence(big, arm("docker", None), "ttft_p99_s<=2", "capacity-x") is None
