@@ -119,3 +119,13 @@ def test_two_budgets_apart_predicted_and_resumed_after_a_kill(
         assert first_miss["signals"]["engine_waiting_peak"] >= 1, first_miss
     assert out["comparisons"][0]["predicted_b_over_a"] == 3.0
     assert out["sentences"] and "plan predicts 0.33x the concurrent requests" in out["sentences"][0]
+    # explain on one run of each arm ends its answer with what the larger cache bought
+    with open_store(store) as st:
+        ok = [r for r in st.runs(where={"study_id": "capacity-real"}) if r.status == "ok"]
+    small_run = next(r.run_id for r in ok if " native/ctx=256 " in f"{r.label} ")
+    large_run = next(r.run_id for r in ok if " native/ctx=768 " in f"{r.label} ")
+    capsys.readouterr()
+    assert main(["explain", small_run, large_run, "--store", str(store), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["answer"]
+    assert answer["capacity"] is not None and answer["text"].endswith(answer["capacity"])
+    assert "native/ctx=768's 3.00\u00d7 larger KV cache gave 3.00\u00d7 the concurrent requests" in answer["capacity"]
