@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from memgap.spec import RunSpec
 
 LOG_TAIL_LINES = 30
+# A SIGKILLed engine whose cgroup was within this share of its limit in the last reading
+# before the cgroup went away (``cgroup_final["read"]``) was most likely OOM-killed.
+NEAR_LIMIT = 0.9
+LAST_READING = "last reading before the engine exited"
 
 
 class RunObserver(Protocol):
@@ -74,6 +78,14 @@ def describe_failure(
         # SIGKILL with the watermark at the limit is the kernel's OOM killer at work.
         return (f"engine was OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup's "
                 f"peak at the limit {format_bytes(limit)})")
+    if (not oom and exit_status in (137, -9) and peak is not None and limit is not None
+            and peak >= NEAR_LIMIT * limit and cg.get("read") == LAST_READING):
+        # A container's cgroup goes with it: the last reading may come a sample before the
+        # allocation that hit the limit (podman 4 on cgroup v1 also left State.OOMKilled
+        # false once, its cgroup at 96 of 100 MiB in the last reading).
+        return (f"engine was most likely OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup "
+                f"at {format_bytes(peak)} of its limit {format_bytes(limit)} in the last reading before it exited; "
+                "the cgroup went with it, so its OOM counter could not be read)")
     if oom:
         limit = cg.get("limit_bytes")
         lim = f", limit {format_bytes(limit)}" if limit is not None else ""

@@ -33,6 +33,7 @@ from memgap.memory import memory_summary
 from memgap.outcome import (
     DIED_BEFORE_READY,
     DIED_DURING_WORKLOAD,
+    LAST_READING,
     RunObserver,
     RunOutcome,
     build_record,
@@ -221,7 +222,7 @@ def perform_run(
                 with contextlib.suppress(Exception):
                     env_run_info = dict(running.extra_info())
                 if cgroup_final is None and env_run_info.get("cgroup_last_reading"):
-                    cgroup_final = {**env_run_info["cgroup_last_reading"], "read": "last reading before the engine exited"}
+                    cgroup_final = {**env_run_info["cgroup_last_reading"], "read": LAST_READING}
                 series = sampler.stop()
                 sampler = None
         except (OSError, subprocess.SubprocessError) as e:

@@ -197,6 +197,15 @@ def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
     assert "OOM-killed during the workload" in describe_failure(DIED_DURING_WORKLOAD, 137, at_limit)
     below = {"limit_bytes": 2**27, "peak_bytes": 2**26, "oom_kill_count": None}
     assert describe_failure(DIED_DURING_WORKLOAD, 137, below) == "engine exited with status 137 during the workload"
+    # the cgroup gone with its container: its last reading 96 of 100 MiB (seen with podman)
+    near = {"limit_bytes": 100 * 2**20, "peak_bytes": 100823040, "oom_kill_count": 0,
+            "read": "last reading before the engine exited"}
+    assert describe_failure(DIED_DURING_WORKLOAD, 137, near) == (
+        "engine was most likely OOM-killed during the workload (SIGKILL, exit status 137, with its cgroup at 96.2 MiB "
+        "of its limit 100.0 MiB in the last reading before it exited; the cgroup went with it, so its OOM counter "
+        "could not be read)")
+    # the same figures read from a live cgroup are no such evidence
+    assert describe_failure(DIED_DURING_WORKLOAD, 137, {**near, "read": None}).startswith("engine exited with status 137")
     # A container that was stopped normally is no failure to describe.
     assert describe_failure(DIED_DURING_WORKLOAD, 0, None, oom_killed=False) == "engine exited with status 0 during the workload"
 
