@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from memgap.collect.kmsg import oom_kills_in
 from memgap.hostinfo import host_facts
 from memgap.load.records import RequestRecord
 from memgap.record import RECORD_VERSION, RunRecord, utc_timestamp
 from memgap.units import format_bytes
 
 if TYPE_CHECKING:
+    from memgap.collect.cgroup import CgroupRef
     from memgap.engines.base import Engine, SelfDrivenEngine
     from memgap.envs.base import Environment
     from memgap.spec import RunSpec
@@ -52,14 +54,30 @@ DIED_DURING_WORKLOAD = "during the workload"
 
 
 def describe_failure(
-    when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None, oom_killed: bool | None = None
+    when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None, oom_killed: bool | None = None,
+    kernel_oom_kills: list[dict[str, Any]] | None = None,
 ) -> str:
     """One line naming what happened to the engine and the evidence for it.
-    ``oom_killed``: what a container engine says (docker/podman ``State.OOMKilled``)."""
+    ``oom_killed``: what a container engine says (docker/podman ``State.OOMKilled``);
+    ``kernel_oom_kills``: the OOM kills the kernel logged in the run's cgroup
+    (``memgap.collect.kmsg``, as dicts)."""
     if when not in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD):
         return when
     cg = cgroup_final or {}
     oom = cg.get("oom_kill_count")
+    if not oom_killed and kernel_oom_kills:
+        # The kernel's own log line names the cgroup, the victim and its PID: no watcher
+        # to miss it, and it outlives the container's cgroup.
+        victims = ", ".join(_victim(k) for k in kernel_oom_kills[:3])
+        more = f" and {len(kernel_oom_kills) - 3} more" if len(kernel_oom_kills) > 3 else ""
+        memcg = kernel_oom_kills[0].get("oom_memcg") or kernel_oom_kills[0].get("task_memcg")
+        parts = [f"kernel log: the OOM killer killed {victims}{more} in cgroup {memcg}"]
+        if cg.get("limit_bytes") is not None:
+            parts[0] += f", limit {format_bytes(cg['limit_bytes'])}"
+        if oom:
+            parts.append(f"cgroup oom_kill count {oom}")
+        parts.append(f"exit status {exit_status}")
+        return f"engine was OOM-killed {when} ({'; '.join(parts)})"
     if oom_killed:
         # The container's cgroup goes with it, so its counters are the last reading taken
         # before it exited; the container engine's flag is the kernel's OOM event.
@@ -97,6 +115,20 @@ def describe_failure(
     if exit_status is None:  # an attached engine is not memgap's child
         return f"engine went away {when} (its exit status is not visible to memgap)"
     return f"engine exited with status {exit_status} {when}"
+
+
+def _victim(kill: dict[str, Any]) -> str:
+    rss = kill.get("anon_rss_bytes")
+    return f"{kill['task']} (PID {kill['pid']}" + (f", {format_bytes(rss)} anonymous" if rss is not None else "") + ")"
+
+
+def kernel_oom_kills(cgroup: CgroupRef | None) -> list[dict[str, Any]] | None:
+    """The OOM kills the kernel logged in the run's own cgroup (or below it), as dicts for
+    the record; None where there is no such cgroup or the kernel's log cannot be read."""
+    if cgroup is None:
+        return None
+    kills = oom_kills_in(cgroup.path.name)
+    return None if kills is None else [k.to_dict() for k in kills]
 
 
 _PORT_IN_USE = ("address already in use", "couldn't bind http server socket", "port is already allocated")

@@ -27,6 +27,7 @@ from memgap.outcome import (
     RunOutcome,
     build_record,
     describe_failure,
+    kernel_oom_kills,
     log_tail,
 )
 from memgap.sampler import Sampler
@@ -132,6 +133,8 @@ def run_steps(
                 if sampler is not None:
                     out.cgroup_final = cgroup_counters(running.cgroup) or before_stop
                     out.env_run_info = dict(running.extra_info())
+                    if result.exit_status not in (0, None) and (kills := kernel_oom_kills(running.cgroup)) is not None:
+                        out.env_run_info["kernel_oom_kills"] = kills
                     out.series = sampler.stop()
                     sampler = None
         except (OSError, subprocess.SubprocessError) as e:
@@ -203,7 +206,9 @@ def steps_failure(out: StepsOutcome, summary: dict[str, Any] | None, report_text
     if step is not None:
         when = DIED_DURING_WORKLOAD if step.measured else DIED_BEFORE_READY
         cg = out.cgroup_final if step.measured else None
-        return f"{step.name} step: " + describe_failure(when, step.exit_status, cg, out.env_run_info.get("oom_killed"))
+        return f"{step.name} step: " + describe_failure(
+            when, step.exit_status, cg, out.env_run_info.get("oom_killed"),
+            out.env_run_info.get("kernel_oom_kills") if step.measured else None)
     if report_text is None:
         return "the measured step exited 0 but wrote no report (--report_json)"
     if summary is None:

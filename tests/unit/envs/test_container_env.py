@@ -210,6 +210,28 @@ def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
     assert describe_failure(DIED_DURING_WORKLOAD, 0, None, oom_killed=False) == "engine exited with status 0 during the workload"
 
 
+def test_the_kernel_logs_oom_kill_is_the_evidence_when_the_container_engine_missed_it() -> None:
+    from memgap.collect.kmsg import parse_oom_kills, read_kernel_log
+    from memgap.outcome import DIED_BEFORE_READY, describe_failure
+
+    # podman left State.OOMKilled false and its cgroup was gone: the last reading said 60 MiB
+    lines = read_kernel_log(Path(__file__).resolve().parents[2] / "fixtures" / "kmsg" / "podman-oom-v1.kmsg")
+    kills = [k.to_dict() for k in parse_oom_kills(lines or [])]
+    last = {"limit_bytes": 100 * 2**20, "peak_bytes": 60 * 2**20, "oom_kill_count": 0,
+            "read": "last reading before the engine exited"}
+    assert describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=False) == (
+        "engine exited with status 137 before it was ready")
+    assert describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=False, kernel_oom_kills=kills) == (
+        "engine was OOM-killed before it was ready (kernel log: the OOM killer killed llama-server (PID 26355, "
+        "98.9 MiB anonymous) in cgroup /libpod_parent/libpod-cf3b3d685a0dfe2a427160e38a75c908a9b8a059fcaa93b2d87c818c596493d3, "
+        "limit 100.0 MiB; exit status 137)")
+    # the container engine's own flag still comes first; no kill logged is no evidence
+    assert "State.OOMKilled=true" in describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=True, kernel_oom_kills=kills)
+    assert describe_failure(DIED_BEFORE_READY, 137, last, kernel_oom_kills=[]).startswith("engine exited with status 137")
+    many = [{**kills[0], "pid": 26355 + i, "anon_rss_bytes": None} for i in range(5)]
+    assert "llama-server (PID 26357) and 2 more in cgroup" in describe_failure(DIED_BEFORE_READY, 137, None, None, many)
+
+
 @pytest.mark.parametrize(
     ("log", "taken"),
     [
