@@ -134,7 +134,7 @@ def test_sandbox_memory_limit_oom_kill_is_recorded(tmp_path: Path, no_leftovers:
     assert r["memory"]["cgroup_usage_peak_bytes"] <= 64 * 2**20
     kills = r["environment_info"].get("kernel_oom_kills")
     if kills is not None:  # the kernel's log was readable (root, no dmesg_restrict in the way)
-        assert [k["task"] for k in kills][-1] == "llama-server", kills
+        assert kills and kills[-1]["task"] == "llama-server", kills
         assert all(k["constraint"] == "CONSTRAINT_MEMCG" and "/memgap-" in k["oom_memcg"]
                    for k in kills), kills
         assert "kernel log: the OOM killer killed llama-server (PID " in r["failure"], r["failure"]
