@@ -59,14 +59,15 @@ EXPLICIT_KV = 256 * MiB
 WORKLOAD = WorkloadSpec(requests=24, concurrency=4, prompt_tokens=32, output_tokens=128, warmup_requests=1)
 # Natively, where KV usage is read under load. On 2 cores vLLM's API server is the
 # bottleneck: the engine core and its worker busy-wait, and the engine runs a batch in a
-# fraction of the time the API server takes to stream it and take the next requests, so
-# most /metrics readings come between batches and say 0 requests running. It is worse with
-# the engine in a session (so an autogroup) of its own, as memgap starts it: a plain
-# client read "2 running" in nearly every reading of a session-less vLLM, and in 0-2 of
-# 5-11 here. 32 requests sent 4 a second gave 0 of 13 readings in one CI run; 384 of
-# 64-448 tokens, 64 at once (~45 s of load), gave 6-17 of 65-78 to the test's reader and
-# 1-10 of 25-36 to memgap's sampler.
-LONG_WORKLOAD = WorkloadSpec(requests=384, concurrency=64, prompt_tokens=32, output_tokens=64,
+# fraction of the time the API server takes to stream it. With the engine in a session
+# (so a scheduler autogroup) of its own, as memgap starts every engine, the API server
+# starves: /metrics answered 5-11 times in 15 s of load, mostly between batches, and one
+# CI run's 13 readings all said 0 requests running; 384 requests 64 at once did a little
+# better alone but lost 14 requests in a full suite. In this session, the same vLLM answered
+# about 100 times with requests running in nearly every reading. So the native run here
+# keeps the engine in the test's session (its own process group still: memgap stops it as
+# a group); memgap's own launch is unchanged (containers, too, run in sessions of their own).
+LONG_WORKLOAD = WorkloadSpec(requests=48, concurrency=4, prompt_tokens=32, output_tokens=64,
                              output_tokens_max=448, warmup_requests=1)
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -186,8 +187,20 @@ while True:
 """
 
 
-def observe(spec: RunSpec, bytes_per_token: int, **vllm_cpu: Any) -> Observed:
-    """perform_run on a port chosen here, with /metrics read every 0.2 s meanwhile."""
+def _popen_in_our_session(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen with the engine in a process group of its own (so memgap still
+    stops it as a group) but in this session, so in this autogroup (see LONG_WORKLOAD)."""
+    if kwargs.pop("start_new_session", False):
+        kwargs["process_group"] = 0
+    return _POPEN(*args, **kwargs)
+
+
+_POPEN = subprocess.Popen
+
+
+def observe(spec: RunSpec, bytes_per_token: int, *, own_session: bool = True, **vllm_cpu: Any) -> Observed:
+    """perform_run on a port chosen here, with /metrics read every 0.2 s meanwhile.
+    ``own_session=False``: the engine shares this process's session (see LONG_WORKLOAD)."""
     port = _free_port()
     obs = Observed(outcome=None)  # type: ignore[arg-type]
     obs.node_total_before = _node_total()
@@ -209,6 +222,8 @@ def observe(spec: RunSpec, bytes_per_token: int, **vllm_cpu: Any) -> Observed:
         try:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr("memgap.runner.free_port", lambda host: port)
+                if not own_session:
+                    mp.setattr("memgap.envs.base.subprocess.Popen", _popen_in_our_session)
                 obs.outcome = perform_run(spec)
         finally:
             stop.set()
@@ -238,7 +253,7 @@ def vllm_spec(env: EnvironmentSpec, workload: WorkloadSpec = WORKLOAD, **engine:
 def assert_ok_with_kv_and_series(obs: Observed, bytes_per_token: int) -> dict[str, Any]:
     r = obs.record
     assert r["status"] == "ok", (r["failure"], r.get("failure_log_tail"))
-    assert r["requests_ok"] == r["workload"]["requests"]
+    assert r["requests_ok"] == r["workload"]["requests"], r.get("errors_by_kind")
     rep = r["engine_report"]
     assert rep["log_variant"] == "cpu" and rep["missing"] == [] and rep["refusal"] is None
     assert rep["kv_cache_bytes"] > 0 and rep["kv_cache_tokens"] > 0
@@ -287,7 +302,7 @@ def assert_predicted(obs: Observed, bytes_per_token: int) -> int:
 def native_run(vllm_setup: tuple[str, Path, int]) -> Iterator[Observed]:
     _, _, bpt = vllm_setup
     spec = vllm_spec(EnvironmentSpec(name="native"), LONG_WORKLOAD, gpu_memory_utilization=NATIVE_UTILIZATION)
-    yield observe(spec, bpt, env="native", utilizations=(NATIVE_UTILIZATION,))
+    yield observe(spec, bpt, own_session=False, env="native", utilizations=(NATIVE_UTILIZATION,))
 
 
 @pytest.mark.timeout(900)
@@ -324,10 +339,9 @@ def test_kv_usage_is_read_from_metrics_during_load(native_run: Observed) -> None
           f"{sum(bool(m.requests_running) for m in native_run.metrics)} with requests running, "
           f"{sum(u > 0 for u in polled)} with KV usage above 0; by memgap's sampler {len(during)} times "
           f"during the load, {sum(u > 0 for u in during)} above 0")
-    assert during, "the sampler read no KV usage during the load"
-    # Under load vLLM held blocks at some reading: one reader may miss every such moment
-    # (see LONG_WORKLOAD), both together have not.
-    assert max(during + polled) > 0, "neither reader saw KV usage above 0 during the load"
+    # Under load vLLM holds blocks: both readers see it (43 of 44 and 18 of 19 readings here).
+    assert max(polled) > 0, "the test's reader saw no KV usage above 0"
+    assert during and max(during) > 0, "memgap's sampler read no KV usage above 0 during the load"
     # Each reading is a whole number of blocks of vLLM's usable ones (BlockPool.get_usage:
     # used / (num_blocks - 1), the null block left out): memgap stored vLLM's own gauge,
     # not a rescaled or stale value.
