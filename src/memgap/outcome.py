@@ -5,6 +5,7 @@ runner (``memgap.runner``) and engines that drive their own load (``memgap.selfd
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,62 +55,47 @@ DIED_DURING_WORKLOAD = "during the workload"
 
 
 def describe_failure(
-    when: str, exit_status: int | None, cgroup_final: dict[str, Any] | None, oom_killed: bool | None = None,
-    kernel_oom_kills: list[dict[str, Any]] | None = None,
+    when: str, exit_status: int | None, cgroup_final: Mapping[str, Any] | None,
+    env_info: Mapping[str, Any] | None = None,
 ) -> str:
-    """One line naming what happened to the engine and the evidence for it.
-    ``oom_killed``: what a container engine says (docker/podman ``State.OOMKilled``);
-    ``kernel_oom_kills``: the OOM kills the kernel logged in the run's cgroup
-    (``memgap.collect.kmsg``, as dicts)."""
+    """One line naming what happened to the engine and the evidence for it. The evidence
+    of an OOM kill, any of: the container engine's flag (``env_info["oom_killed"]``,
+    docker/podman ``State.OOMKilled``), the kernel's log (``env_info["kernel_oom_kills"]``,
+    from ``kernel_oom_kills``), the cgroup's OOM counter, or SIGKILL with the cgroup's peak
+    at its limit. A container's cgroup goes with it, so its counters are the last reading
+    before it exited: a watcher or a reading can miss the kill, the kernel's log does not."""
     if when not in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD):
         return when
-    cg = cgroup_final or {}
-    oom = cg.get("oom_kill_count")
-    if not oom_killed and kernel_oom_kills:
-        # The kernel's own log line names the cgroup, the victim and its PID: no watcher
-        # to miss it, and it outlives the container's cgroup.
-        victims = ", ".join(_victim(k) for k in kernel_oom_kills[:3])
-        more = f" and {len(kernel_oom_kills) - 3} more" if len(kernel_oom_kills) > 3 else ""
-        memcg = kernel_oom_kills[0].get("oom_memcg") or kernel_oom_kills[0].get("task_memcg")
-        parts = [f"kernel log: the OOM killer killed {victims}{more} in cgroup {memcg}"]
-        if cg.get("limit_bytes") is not None:
-            parts[0] += f", limit {format_bytes(cg['limit_bytes'])}"
-        if oom:
-            parts.append(f"cgroup oom_kill count {oom}")
-        parts.append(f"exit status {exit_status}")
-        return f"engine was OOM-killed {when} ({'; '.join(parts)})"
-    if oom_killed:
-        # The container's cgroup goes with it, so its counters are the last reading taken
-        # before it exited; the container engine's flag is the kernel's OOM event.
-        limit = cg.get("limit_bytes")
-        parts = ["container State.OOMKilled=true", f"exit status {exit_status}"]
+    cg, info = cgroup_final or {}, env_info or {}
+    oom, peak, limit = cg.get("oom_kill_count"), cg.get("peak_bytes"), cg.get("limit_bytes")
+    sigkill = exit_status in (137, -9)
+    kills = info.get("kernel_oom_kills") or []
+    evidence: list[str] = []
+    if info.get("oom_killed"):
+        evidence.append("container State.OOMKilled=true")
+    if kills:
+        more = f" and {len(kills) - 3} more" if len(kills) > 3 else ""
+        memcg = kills[0].get("oom_memcg") or kills[0].get("task_memcg")
+        evidence.append(f"kernel log: the OOM killer killed {', '.join(map(_victim, kills[:3]))}{more} in cgroup {memcg}")
+    if oom:
+        # unshare reports its child's death by SIGKILL as its own exit status 1: the
+        # counter is the evidence that the kernel did it.
+        evidence.append(f"cgroup oom_kill count {oom}")
+    if sigkill and peak is not None and limit is not None and peak >= limit:
+        evidence.append("SIGKILL with the cgroup's peak at its limit")
+    if evidence:
         if limit is not None:
-            parts.append(f"limit {format_bytes(limit)}")
+            evidence.append(f"limit {format_bytes(limit)}")
         if cg.get("failcnt"):
-            parts.append(f"cgroup failcnt {cg['failcnt']}")
-        if oom:
-            parts.append(f"cgroup oom_kill count {oom}")
-        return f"engine was OOM-killed {when} ({'; '.join(parts)})"
-    peak, limit = cg.get("peak_bytes"), cg.get("limit_bytes")
-    if not oom and exit_status in (137, -9) and peak is not None and limit is not None and peak >= limit:
-        # The cgroup (a container's) was gone before its oom_kill counter could be read;
-        # SIGKILL with the watermark at the limit is the kernel's OOM killer at work.
-        return (f"engine was OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup's "
-                f"peak at the limit {format_bytes(limit)})")
-    if (not oom and exit_status in (137, -9) and peak is not None and limit is not None
-            and peak >= NEAR_LIMIT * limit and cg.get("read") == LAST_READING):
-        # A container's cgroup goes with it: the last reading may come a sample before the
-        # allocation that hit the limit (podman 4 on cgroup v1 also left State.OOMKilled
-        # false once, its cgroup at 96 of 100 MiB in the last reading).
+            evidence.append(f"cgroup failcnt {cg['failcnt']}")
+        return f"engine was OOM-killed {when} ({'; '.join(evidence)}; exit status {exit_status})"
+    if sigkill and peak is not None and limit is not None and peak >= NEAR_LIMIT * limit \
+            and cg.get("read") == LAST_READING:
+        # No evidence left, but the last reading came close (podman 4 on cgroup v1 once
+        # left State.OOMKilled false, its cgroup at 96 of 100 MiB in the last reading).
         return (f"engine was most likely OOM-killed {when} (SIGKILL, exit status {exit_status}, with its cgroup "
                 f"at {format_bytes(peak)} of its limit {format_bytes(limit)} in the last reading before it exited; "
                 "the cgroup went with it, so its OOM counter could not be read)")
-    if oom:
-        limit = cg.get("limit_bytes")
-        lim = f", limit {format_bytes(limit)}" if limit is not None else ""
-        # unshare reports its child's death by SIGKILL as its own exit status 1; the
-        # cgroup's OOM counter is the evidence that the kernel did it.
-        return f"engine was OOM-killed {when} (cgroup oom_kill count {oom}{lim}; exit status {exit_status})"
     if exit_status is not None and exit_status < 0:
         return f"engine killed by signal {-exit_status} {when}"
     if exit_status is None:  # an attached engine is not memgap's child

@@ -171,7 +171,6 @@ def perform_run(
     exit_status: int | None = None
     cgroup_final: dict[str, Any] | None = None
     env_run_info: dict[str, Any] = {}
-    kernel_kills: list[dict[str, Any]] | None = None
     log_text = ""
 
     with run_dir as tmp:
@@ -221,10 +220,11 @@ def perform_run(
                 if sampler.series.kernel_cgroup_peak_bytes is None:
                     sampler.series.kernel_cgroup_peak_bytes = kernel_peak
                 cgroup_final = cgroup_counters(running.cgroup) or before_stop
-                if failure in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD) and running.cgroup is not None:
-                    kernel_kills = kernel_oom_kills(running.cgroup)
                 with contextlib.suppress(Exception):
                     env_run_info = dict(running.extra_info())
+                if failure in (DIED_BEFORE_READY, DIED_DURING_WORKLOAD) and \
+                        (kills := kernel_oom_kills(running.cgroup)) is not None:
+                    env_run_info["kernel_oom_kills"] = kills
                 if cgroup_final is None and env_run_info.get("cgroup_last_reading"):
                     cgroup_final = {**env_run_info["cgroup_last_reading"], "read": LAST_READING}
                 series = sampler.stop()
@@ -242,9 +242,7 @@ def perform_run(
                 log_text = log_path.read_text(errors="replace")
 
     if failure is not None and not interrupted:
-        if kernel_kills is not None:
-            env_run_info["kernel_oom_kills"] = kernel_kills
-        failure = describe_failure(failure, exit_status, cgroup_final, env_run_info.get("oom_killed"), kernel_kills)
+        failure = describe_failure(failure, exit_status, cgroup_final, env_run_info)
         if port is not None and port_in_use(log_text):
             failure += f" (port {port} was already in use)"
 

@@ -206,9 +206,7 @@ def steps_failure(out: StepsOutcome, summary: dict[str, Any] | None, report_text
     if step is not None:
         when = DIED_DURING_WORKLOAD if step.measured else DIED_BEFORE_READY
         cg = out.cgroup_final if step.measured else None
-        return f"{step.name} step: " + describe_failure(
-            when, step.exit_status, cg, out.env_run_info.get("oom_killed"),
-            out.env_run_info.get("kernel_oom_kills") if step.measured else None)
+        return f"{step.name} step: " + describe_failure(when, step.exit_status, cg, out.env_run_info if step.measured else None)
     if report_text is None:
         return "the measured step exited 0 but wrote no report (--report_json)"
     if summary is None:

@@ -187,15 +187,16 @@ while True:
 """
 
 
+_POPEN = subprocess.Popen
+
+
 def _popen_in_our_session(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
     """subprocess.Popen with the engine in a process group of its own (so memgap still
-    stops it as a group) but in this session, so in this autogroup (see LONG_WORKLOAD)."""
+    stops it as a group) but in this session, so in this autogroup (see LONG_WORKLOAD).
+    Patched in for the run alone; only memgap's engine launch asks for a new session."""
     if kwargs.pop("start_new_session", False):
         kwargs["process_group"] = 0
     return _POPEN(*args, **kwargs)
-
-
-_POPEN = subprocess.Popen
 
 
 def observe(spec: RunSpec, bytes_per_token: int, *, own_session: bool = True, **vllm_cpu: Any) -> Observed:

@@ -83,7 +83,7 @@ def test_engine_never_ready_times_out_and_is_stopped(tmp_path: Path, no_leftover
     ("when", "status", "cg", "expected"),
     [
         (DIED_BEFORE_READY, 1, {"oom_kill_count": 2, "limit_bytes": 64 * 2**20},
-         "engine was OOM-killed before it was ready (cgroup oom_kill count 2, limit 64.0 MiB; exit status 1)"),
+         "engine was OOM-killed before it was ready (cgroup oom_kill count 2; limit 64.0 MiB; exit status 1)"),
         (DIED_DURING_WORKLOAD, -9, None, "engine killed by signal 9 during the workload"),
         (DIED_DURING_WORKLOAD, 2, {"oom_kill_count": 0}, "engine exited with status 2 during the workload"),
         ("engine not ready after 5 s", None, None, "engine not ready after 5 s"),

@@ -22,7 +22,7 @@ import errno
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,7 @@ class OomKill:
     file_rss_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid, "task": self.task, "oom_memcg": self.oom_memcg, "task_memcg": self.task_memcg,
-            "constraint": self.constraint, "anon_rss_bytes": self.anon_rss_bytes,
-            "file_rss_bytes": self.file_rss_bytes,
-        }
+        return asdict(self)
 
     def in_cgroup(self, name: str) -> bool:
         """Whether the limit that was hit, or the victim, is in the cgroup called ``name``
@@ -102,11 +98,7 @@ def parse_oom_kills(lines: Iterable[str]) -> list[OomKill]:
                 task_memcg=m["task_memcg"] or None, constraint=constraint["v"] if constraint else None,
             ))
         elif (k := _KILLED.search(msg)) is not None and kills and kills[-1].pid == int(k["pid"]):
-            last = kills[-1]
-            kills[-1] = OomKill(
-                pid=last.pid, task=last.task, oom_memcg=last.oom_memcg, task_memcg=last.task_memcg,
-                constraint=last.constraint, anon_rss_bytes=int(k["anon"]) * 1024, file_rss_bytes=int(k["file"]) * 1024,
-            )
+            kills[-1] = replace(kills[-1], anon_rss_bytes=int(k["anon"]) * 1024, file_rss_bytes=int(k["file"]) * 1024)
     return kills
 
 

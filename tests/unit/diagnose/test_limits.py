@@ -65,7 +65,7 @@ def test_no_limit_no_explanation_and_explicit_sizes_are_not_weighed() -> None:
 
 def test_an_oom_killed_run_says_what_it_asked_for_against_the_limit() -> None:
     sandbox = native_auto()["engine_report"]  # sized from node 0's 9.84 GiB: the limit was not visible
-    failure = "engine was OOM-killed before it was ready (cgroup oom_kill count 1, limit 2.0 GiB; exit status 1)"
+    failure = "engine was OOM-killed before it was ready (cgroup oom_kill count 1; limit 2.0 GiB; exit status 1)"
     cf = {"limit_bytes": 2 * GIB, "peak_bytes": 2 * GIB, "oom_kill_count": 1}
     d = oom_cause(failure, sandbox, cf, {"name": "sandbox", "memory_limit_bytes": 2 * GIB}, engine="vLLM")
     assert d is not None and d.case == 4 and d.mechanism == LIMIT_NOT_READ

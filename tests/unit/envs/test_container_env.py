@@ -184,7 +184,7 @@ def test_container_oom_flag_with_the_last_cgroup_reading_is_the_evidence() -> No
     from memgap.outcome import DIED_BEFORE_READY, describe_failure
 
     cg = {"limit_bytes": 100 * 2**20, "failcnt": 3, "oom_kill_count": 1, "peak_bytes": 100 * 2**20}
-    msg = describe_failure(DIED_BEFORE_READY, 137, cg, oom_killed=True)
+    msg = describe_failure(DIED_BEFORE_READY, 137, cg, {"oom_killed": True})
     assert msg.startswith("engine was OOM-killed before it was ready")
     for part in ("State.OOMKilled=true", "exit status 137", "limit 100.0 MiB", "failcnt 3", "oom_kill count 1"):
         assert part in msg
@@ -207,7 +207,7 @@ def test_sigkill_at_the_limit_reads_as_oom_when_the_counter_is_gone() -> None:
     # the same figures read from a live cgroup are no such evidence
     assert describe_failure(DIED_DURING_WORKLOAD, 137, {**near, "read": None}).startswith("engine exited with status 137")
     # A container that was stopped normally is no failure to describe.
-    assert describe_failure(DIED_DURING_WORKLOAD, 0, None, oom_killed=False) == "engine exited with status 0 during the workload"
+    assert describe_failure(DIED_DURING_WORKLOAD, 0, None, {"oom_killed": False}) == "engine exited with status 0 during the workload"
 
 
 def test_the_kernel_logs_oom_kill_is_the_evidence_when_the_container_engine_missed_it() -> None:
@@ -217,19 +217,23 @@ def test_the_kernel_logs_oom_kill_is_the_evidence_when_the_container_engine_miss
     # podman left State.OOMKilled false and its cgroup was gone: the last reading said 60 MiB
     lines = read_kernel_log(Path(__file__).resolve().parents[2] / "fixtures" / "kmsg" / "podman-oom-v1.kmsg")
     kills = [k.to_dict() for k in parse_oom_kills(lines or [])]
+    podman = {"oom_killed": False, "kernel_oom_kills": kills}
     last = {"limit_bytes": 100 * 2**20, "peak_bytes": 60 * 2**20, "oom_kill_count": 0,
             "read": "last reading before the engine exited"}
-    assert describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=False) == (
+    assert describe_failure(DIED_BEFORE_READY, 137, last, {"oom_killed": False}) == (
         "engine exited with status 137 before it was ready")
-    assert describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=False, kernel_oom_kills=kills) == (
+    assert describe_failure(DIED_BEFORE_READY, 137, last, podman) == (
         "engine was OOM-killed before it was ready (kernel log: the OOM killer killed llama-server (PID 26355, "
-        "98.9 MiB anonymous) in cgroup /libpod_parent/libpod-cf3b3d685a0dfe2a427160e38a75c908a9b8a059fcaa93b2d87c818c596493d3, "
+        "98.9 MiB anonymous) in cgroup /libpod_parent/libpod-cf3b3d685a0dfe2a427160e38a75c908a9b8a059fcaa93b2d87c818c596493d3; "
         "limit 100.0 MiB; exit status 137)")
-    # the container engine's own flag still comes first; no kill logged is no evidence
-    assert "State.OOMKilled=true" in describe_failure(DIED_BEFORE_READY, 137, last, oom_killed=True, kernel_oom_kills=kills)
-    assert describe_failure(DIED_BEFORE_READY, 137, last, kernel_oom_kills=[]).startswith("engine exited with status 137")
+    # every piece of evidence there is, the container engine's flag first; no kill logged is no evidence
+    both = describe_failure(DIED_BEFORE_READY, 137, {**last, "oom_kill_count": 1}, {**podman, "oom_killed": True})
+    assert both.startswith("engine was OOM-killed before it was ready (container State.OOMKilled=true; kernel log: ")
+    assert both.endswith("; cgroup oom_kill count 1; limit 100.0 MiB; exit status 137)")
+    assert describe_failure(DIED_BEFORE_READY, 137, last, {"kernel_oom_kills": []}).startswith("engine exited with status 137")
     many = [{**kills[0], "pid": 26355 + i, "anon_rss_bytes": None} for i in range(5)]
-    assert "llama-server (PID 26357) and 2 more in cgroup" in describe_failure(DIED_BEFORE_READY, 137, None, None, many)
+    assert "llama-server (PID 26357) and 2 more in cgroup" in describe_failure(
+        DIED_BEFORE_READY, 137, None, {"kernel_oom_kills": many})
 
 
 @pytest.mark.parametrize(
